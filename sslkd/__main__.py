@@ -1,0 +1,3 @@
+from sslkd.cli import main
+
+raise SystemExit(main())

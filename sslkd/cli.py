@@ -1,0 +1,156 @@
+"""Command line: ``sslkd train | eval | compare | list`` (also ``python -m sslkd``).
+
+Every mistake a user can make ends with one line on stderr naming the problem and the fix, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from sslkd.errors import UserError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sslkd", description="Self-supervised knowledge distillation, side by side.")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first (it registers extra strategies, backbones or data sets)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a method (default config: the embedded digits data, offline)")
+    train.add_argument("--method", help="strategy name (see `sslkd list`)")
+    train.add_argument("--config", help="YAML config file (e.g. zoo_configs/mokd/...yaml)")
+    train.add_argument("--output-dir", help="run directory (default runs/<method>-<data>-seed<seed>-<time>)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="replace a finished run in --output-dir")
+    train.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. train.epochs=10")
+
+    evaluate = commands.add_parser("eval", help="evaluate a checkpoint")
+    protocols = evaluate.add_subparsers(dest="protocol", required=True)
+    knn = protocols.add_parser("knn", help="weighted k-NN (DINO protocol) of a checkpoint's members")
+    _add_checkpoint_args(knn)
+
+    compare = commands.add_parser("compare", help="turn finished runs into a paper-style table")
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (or folders holding them)")
+    compare.add_argument("--table", default="auto", help="table layout (auto, mokd_table1, runs, ...)")
+    compare.add_argument("--format", default="md", choices=["md", "csv", "latex"], help="output format")
+    compare.add_argument("--output", help="also write the table to this file")
+
+    commands.add_parser("list", help="list registered strategies, backbones, heads and data sets")
+    return parser
+
+
+def _add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="a checkpoints/last.pt written by sslkd train")
+    parser.add_argument("--member", help="evaluate only this member (default: every member)")
+    parser.add_argument("--data", dest="data_name", help="data set to evaluate on (default: the training data set)")
+    parser.add_argument("--data-root", help="root of that data set")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from sslkd.config import from_dict, load_config, read_yaml, Config
+    from sslkd.engine.trainer import CHECKPOINT, Trainer
+
+    if args.resume:
+        if args.method or args.config or args.overrides:
+            raise UserError("--resume continues a run with its saved config.yaml: drop --method, --config and overrides")
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file() or not (run_dir / CHECKPOINT).is_file():
+            raise UserError(f"'{run_dir}' holds no resumable run (config.yaml and {CHECKPOINT}); pass a run directory")
+        cfg = from_dict(Config, read_yaml(run_dir / "config.yaml"))
+        trainer = Trainer(cfg, run_dir, resume=True)
+    else:
+        cfg = load_config(args.method, args.config, args.overrides)
+        if args.output_dir:
+            cfg.output_dir = args.output_dir
+        if cfg.output_dir is None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            cfg.output_dir = f"runs/{cfg.method}-{cfg.data.name}-seed{cfg.train.seed}-{stamp}"
+        run_dir = Path(cfg.output_dir)
+        if (run_dir / "summary.json").exists() and not args.overwrite:
+            raise UserError(f"'{run_dir}' already holds a finished run; choose another --output-dir or pass --overwrite")
+        if (run_dir / CHECKPOINT).exists() and not args.overwrite:
+            raise UserError(f"'{run_dir}' holds an unfinished run; continue it with `sslkd train --resume {run_dir}` or pass --overwrite")
+        if args.overwrite:
+            for name in ("summary.json", str(CHECKPOINT)):
+                (run_dir / name).unlink(missing_ok=True)
+        trainer = Trainer(cfg, run_dir)
+    summary = trainer.fit()
+    if summary is not None:
+        _print_summary(summary, run_dir)
+    return 0
+
+
+def _print_summary(summary: dict, run_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{summary['method']} on {summary['dataset']} ({summary['epochs']} epochs, seed {summary['seed']})")
+    for column in ("member", "backbone", "params (M)", "k-NN top-1 (k=20)", "DoGo k-NN mean"):
+        table.add_column(column)
+    for name, member in summary["members"].items():
+        table.add_row(name, member["backbone"], f"{member['params_m']:.2f}", f"{member['knn_top1']:.2f}", f"{member['knn_dogo_mean']:.2f}")
+    console = Console()
+    console.print(table)
+    console.print(f"run directory: {run_dir}")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from sslkd.eval.protocol import knn_of_checkpoint
+
+    results = knn_of_checkpoint(args.checkpoint, member=args.member, data_name=args.data_name, data_root=args.data_root)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for name, result in results.items():
+            others = ", ".join(f"k={k}: {v:.2f}" for k, v in result["knn"].items())
+            print(f"{name}: k-NN top-1 {result['knn_top1']:.2f} (k=20, T={result['protocol']['knn_temperature']}; {others})")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from sslkd.report import compare, compare_table, render, rich_table
+
+    text = compare(args.run_dirs, table=args.table, fmt=args.format)
+    if args.output:
+        Path(args.output).write_text(text)
+    console = Console()
+    if console.is_terminal and args.format == "md":
+        console.print(rich_table(compare_table(args.run_dirs, table=args.table)))
+    else:
+        print(text)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from sslkd.registry import BACKBONES, DATASETS, HEADS, STRATEGIES
+
+    print("strategies: " + ", ".join(STRATEGIES.names()))
+    print("backbones:  " + ", ".join(BACKBONES.names()) + " (and any timm model name)")
+    print("heads:      " + ", ".join(HEADS.names()))
+    print("data sets:  " + ", ".join(DATASETS.names()))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "compare": cmd_compare, "list": cmd_list}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        from sslkd.registry import load_plugins
+
+        load_plugins(args.plugin)
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"sslkd: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sslkd: interrupted; resume a training run with `sslkd train --resume RUN_DIR`", file=sys.stderr)
+        return 130

@@ -1,0 +1,296 @@
+"""YAML -> typed, validated config objects; dotted ``key.sub=value`` overrides.
+
+A run's config is a tree of dataclasses. Loading walks the YAML against the dataclass fields, so a misspelt key or
+a value of the wrong type fails with the key path and what is allowed. Strategy-specific options live under
+``strategy:`` and are validated against the strategy's own ``Options`` dataclass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from sslkd.errors import UserError
+
+PACKAGE_CONFIGS = Path(__file__).parent / "configs"
+
+
+@dataclass
+class AugmentConfig:
+    """Multi-crop sizes (DINO recipe); sizes default to the data set's image size and DINO's 224:96 ratio."""
+
+    n_global: int = 2
+    n_local: int = 8
+    global_size: int | None = None
+    local_size: int | None = None
+    global_scale: tuple[float, float] = (0.4, 1.0)
+    local_scale: tuple[float, float] = (0.05, 0.4)
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"
+    root: str | None = None
+    image_size: int | None = None
+    num_workers: int = 2
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class OptimConfig:
+    """Per-member optimiser; ``None`` fields take the defaults of the chosen optimiser (``auto``: SGD for a CNN,
+    AdamW for a ViT, as MOKD trains them). ``lr`` is the base rate for batch 256 (scaled linearly)."""
+
+    name: Literal["auto", "sgd", "adamw", "lars"] = "auto"
+    lr: float | None = None
+    min_lr: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    weight_decay_end: float | None = None
+    warmup_epochs: float | None = None
+    clip_grad: float | None = None
+    freeze_last_layer_epochs: int | None = None
+
+
+@dataclass
+class MemberConfig:
+    """One model of the cohort. ``distill_weight`` is the member's weight on its cross (distillation) terms,
+    e.g. MOKD's lambda_i (Eq. 9). ``paper_name`` names the paper backbone a proxy model stands in for."""
+
+    backbone: str = "cifar_resnet20"
+    backbone_args: dict[str, Any] = field(default_factory=dict)
+    small_image_stem: bool = False
+    drop_path_rate: float = 0.0
+    distill_weight: float = 1.0
+    paper_name: str | None = None
+    optimizer: OptimConfig = field(default_factory=OptimConfig)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 64
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    log_every: int = 10
+    checkpoint_every: int = 1
+
+
+@dataclass
+class EvalConfig:
+    knn_k: list[int] = field(default_factory=lambda: [10, 20, 100, 200])
+    knn_temperature: float = 0.07
+    batch_size: int = 256
+    every_epochs: int = 0
+
+
+@dataclass
+class Config:
+    method: str = "dino"
+    output_dir: str | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    members: dict[str, MemberConfig] = field(default_factory=dict)
+    strategy: Any = None
+    config_file: str | None = None
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
+
+
+def _convert(value: Any, tp: Any, path: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and return it converted (lists -> tuples, dicts -> dataclasses)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    bad = UserError(f"config key '{path}': expected {_type_name(tp)}, got {value!r}")
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise bad
+        return from_dict(tp, value, path)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, path)
+            except UserError:
+                continue
+        raise bad
+    if origin is Literal:
+        if value not in args:
+            raise bad
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        return [_convert(v, args[0], f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or (len(args) != 2 or args[1] is not Ellipsis) and len(value) != len(args):
+            raise bad
+        item_types = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
+        return tuple(_convert(v, t, f"{path}[{i}]") for i, (v, t) in enumerate(zip(value, item_types)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return {str(k): _convert(v, args[1], f"{path}.{k}") for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp in (bool, str):
+        if not isinstance(value, tp):
+            raise bad
+        return value
+    raise TypeError(f"unsupported config annotation {tp!r} at {path}")
+
+
+def from_dict(cls: type, data: dict, path: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and values of the wrong type."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        key_path = f"{path}.{key}" if path else str(key)
+        if key not in hints:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise UserError(f"unknown config key '{key_path}'{hint}; allowed here: {', '.join(names)}")
+        kwargs[key] = _convert(value, hints[key], key_path)
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain YAML/JSON-safe form of a config tree (tuples become lists)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Safe-load a YAML mapping, following ``_base_`` (a path or list of paths relative to the file, merged in
+    order, then this file on top) by deep merge."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file '{path}' does not exist; pass an existing YAML file to --config")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"config file '{path}' is not valid YAML ({str(exc).splitlines()[0]}); fix its syntax") from exc
+    if not isinstance(data, dict):
+        raise UserError(f"config file '{path}' must hold a mapping of keys, not {type(data).__name__}")
+    bases = data.pop("_base_", [])
+    merged: dict = {}
+    for base in [bases] if isinstance(bases, str) else bases:
+        merged = deep_merge(merged, read_yaml(path.parent / base))
+    return deep_merge(merged, data)
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a raw config mapping."""
+    data = dict(data)
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override '{item}' must look like key.sub=value (e.g. train.epochs=10)")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            child = node.get(part)
+            child = dict(child) if isinstance(child, dict) else {}
+            node[part] = child
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def default_config_path(method: str) -> Path:
+    return PACKAGE_CONFIGS / f"{method}.yaml"
+
+
+def load_config(method: str | None, config_file: str | None, overrides: list[str]) -> Config:
+    """Resolve the raw mapping (package default for the method, or the user's file), apply overrides, validate.
+
+    The strategy section is validated later against the strategy's ``Options`` (see :func:`strategy_options`).
+    """
+    if config_file is not None:
+        raw = read_yaml(config_file)
+        file_method = raw.get("method")
+        if method and file_method and method != file_method:
+            raise UserError(
+                f"--method {method} disagrees with method: {file_method} in {config_file}; drop one of them"
+            )
+        raw["method"] = method or file_method or "dino"
+        raw["config_file"] = str(config_file)
+    else:
+        if method is None:
+            raise UserError("no method given: pass --method NAME or --config FILE.yaml (see `sslkd list`)")
+        from sslkd.registry import STRATEGIES
+
+        strategy_cls = STRATEGIES.get(method)
+        raw = strategy_cls.default_config()
+        raw["method"] = method
+    raw = apply_overrides(raw, overrides)
+    cfg = from_dict(Config, raw)
+    if not cfg.members:
+        raise UserError("the config defines no members: add a `members:` mapping (name -> backbone, ...)")
+    return cfg
+
+
+def strategy_options(cfg: Config, options_cls: type) -> Any:
+    """Validate ``cfg.strategy`` against the strategy's options dataclass and store the typed result back."""
+    raw = cfg.strategy if cfg.strategy is not None else {}
+    if dataclasses.is_dataclass(raw):
+        return raw
+    if not isinstance(raw, dict):
+        raise UserError(f"config key 'strategy': expected a mapping, got {raw!r}")
+    cfg.strategy = from_dict(options_cls, raw, "strategy")
+    return cfg.strategy
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

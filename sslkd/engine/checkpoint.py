@@ -1,0 +1,82 @@
+"""Atomic checkpoints that hold everything needed to continue a run, loaded with ``weights_only=True``."""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sslkd.errors import UserError
+
+FORMAT = "sslkd-checkpoint-v1"
+
+
+def atomic_write(path: Path, write) -> None:
+    """Write through ``write(file_object)`` into a temporary file in the same directory, fsync, then rename, so
+    a crash or a full disk never leaves a half-written file where a good one was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    atomic_write(path, lambda handle: torch.save({"format": FORMAT, **state}, handle))
+
+
+def load_checkpoint(path: str | Path, method: str | None = None) -> dict:
+    """Load and check a checkpoint; any problem is a UserError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint '{path}' does not exist; pass the path of a .pt file written by sslkd train")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(
+            f"checkpoint '{path}' is unreadable or truncated ({type(exc).__name__}); use an intact checkpoint "
+            "(sslkd writes them atomically, so the previous last.pt of a run is intact)"
+        ) from exc
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"'{path}' is not an sslkd checkpoint; pass a checkpoints/last.pt written by sslkd train")
+    if method is not None and state.get("method") != method:
+        raise UserError(
+            f"checkpoint '{path}' was written by method {state.get('method')!r}, not {method!r}; pass a {method} checkpoint"
+        )
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the run draws from, in a form ``weights_only`` loading accepts."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,91 @@
+"""Per-member optimisers: defaults per optimiser, parameter groups, LARS, per-parameter clipping."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from sslkd.config import OptimConfig
+
+# MOKD's settings (METHODS.md): SGD for a CNN, AdamW for a ViT; LARS as DINO trains a ResNet-50.
+OPTIM_DEFAULTS = {
+    "sgd": dict(lr=0.1, min_lr=0.0048, momentum=0.9, weight_decay=1e-4, weight_decay_end=1e-4, warmup_epochs=10.0,
+                clip_grad=3.0, freeze_last_layer_epochs=1),
+    "adamw": dict(lr=3e-4, min_lr=1e-5, momentum=0.9, weight_decay=0.04, weight_decay_end=0.4, warmup_epochs=10.0,
+                  clip_grad=3.0, freeze_last_layer_epochs=1),
+    "lars": dict(lr=0.3, min_lr=0.0048, momentum=0.9, weight_decay=1e-6, weight_decay_end=1e-6, warmup_epochs=10.0,
+                 clip_grad=3.0, freeze_last_layer_epochs=1),
+}
+
+
+def resolve_optim(cfg: OptimConfig, backbone_kind: str) -> OptimConfig:
+    """Fill ``auto`` and every unset field from the optimiser's defaults (the resolved config is saved)."""
+    name = cfg.name if cfg.name != "auto" else ("adamw" if backbone_kind == "vit" else "sgd")
+    defaults = OPTIM_DEFAULTS[name]
+    values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    values["name"] = name
+    for key, default in defaults.items():
+        if values[key] is None:
+            values[key] = values["weight_decay"] if key == "weight_decay_end" and cfg.weight_decay is not None else default
+    return OptimConfig(**values)
+
+
+def param_groups(module: nn.Module) -> list[dict]:
+    """DINO's split: biases and 1-D parameters (norms) get no weight decay; frozen parameters are left out."""
+    regularized, not_regularized = [], []
+    for name, param in module.named_parameters():
+        if not param.requires_grad:
+            continue
+        (not_regularized if name.endswith(".bias") or param.ndim == 1 else regularized).append(param)
+    return [{"params": regularized, "regularized": True}, {"params": not_regularized, "regularized": False, "weight_decay": 0.0}]
+
+
+class LARS(torch.optim.Optimizer):
+    """LARS (You et al., 2017) as in DINO: trust-ratio scaling and weight decay for weights, not biases/norms."""
+
+    def __init__(self, params, lr: float = 0.0, weight_decay: float = 0.0, momentum: float = 0.9, eta: float = 0.001):
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            adapt = [p.ndim > 1 for p in params]
+            grads = [g.add(p, alpha=group["weight_decay"]) if a else g for p, g, a in zip(params, grads, adapt)]
+            param_norms = torch._foreach_norm(params)
+            update_norms = torch._foreach_norm(grads)
+            updates = []
+            for grad, p_norm, u_norm, a in zip(grads, param_norms, update_norms, adapt):
+                ratio = torch.where((p_norm > 0) & (u_norm > 0), group["eta"] * p_norm / u_norm, torch.ones_like(p_norm))
+                updates.append(grad.mul(ratio) if a else grad)
+            for p, update in zip(params, updates):
+                state = self.state[p]
+                if "mu" not in state:
+                    state["mu"] = torch.zeros_like(p)
+                state["mu"].mul_(group["momentum"]).add_(update)
+                p.add_(state["mu"], alpha=-group["lr"])
+
+
+def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    groups = param_groups(module)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=0.0, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=0.0, weight_decay=cfg.weight_decay)
+    return LARS(groups, lr=0.0, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+
+
+@torch.no_grad()
+def clip_per_parameter(params: list[torch.Tensor], max_norm: float) -> None:
+    """DINO's clipping: each parameter's gradient norm is clipped to ``max_norm`` on its own (fused ops)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    norms = torch.stack(torch._foreach_norm(grads))
+    scales = (max_norm / (norms + 1e-6)).clamp_(max=1.0)
+    torch._foreach_mul_(grads, list(scales.unbind()))

@@ -1,0 +1,300 @@
+"""The one training loop. It knows nothing about any method: a strategy returns named losses, the trainer
+back-propagates their total, steps one optimiser per member, and calls the strategy's after-step hook."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch.utils.data import DataLoader
+
+from sslkd.config import Config, save_config, to_dict
+from sslkd.data import build_dataset
+from sslkd.data.sampling import EpochSampler, SeededViews
+from sslkd.engine import distributed as dist
+from sslkd.engine.checkpoint import atomic_write, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from sslkd.engine.optim import build_optimizer, clip_per_parameter, resolve_optim
+from sslkd.engine.schedules import cosine, warmup_cosine
+from sslkd.errors import UserError
+from sslkd.eval.protocol import evaluate_members
+from sslkd.registry import STRATEGIES
+from sslkd.strategies.base import StepInfo, Strategy
+
+CHECKPOINT = Path("checkpoints") / "last.pt"
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise UserError(f"config key 'train.device': {name!r} is not a device; use auto, cpu or cuda[:N]") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device=cuda but no GPU is visible; use train.device=cpu (or auto)")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Builds the data, the strategy and one optimiser per member from a config, then runs or resumes training."""
+
+    def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False, console: Console | None = None):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.console = console or Console(stderr=True)
+        self.device = pick_device(cfg.train.device)
+        seed_everything(cfg.train.seed + dist.rank())
+
+        train_set = build_dataset(cfg.data.name, cfg.data.root, "train")
+        self.info = train_set.info
+        self.strategy: Strategy = STRATEGIES.get(cfg.method)(cfg, self.info).to(self.device)
+        for member in self.strategy.members.values():
+            member.cfg.optimizer = resolve_optim(member.cfg.optimizer, member.kind)
+        self.optimizers = {
+            name: build_optimizer(member.student, member.cfg.optimizer) for name, member in self.strategy.members.items()
+        }
+        self.use_amp = cfg.train.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+
+        batch = cfg.train.batch_size
+        self.sampler = EpochSampler(len(train_set), cfg.train.seed, rank=dist.rank(), world_size=dist.world_size())
+        if len(self.sampler) < batch:
+            raise UserError(
+                f"train.batch_size={batch} is larger than the {len(self.sampler)} training images per process; lower it"
+            )
+        workers = cfg.data.num_workers
+        self.loader = DataLoader(
+            SeededViews(train_set, self.strategy.train_transform()),
+            batch_size=batch,
+            sampler=self.sampler,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=self.device.type == "cuda",
+            drop_last=True,
+            prefetch_factor=4 if workers > 0 else None,
+        )
+        self.steps_per_epoch = len(self.loader)
+        self.total_steps = cfg.train.epochs * self.steps_per_epoch
+        self.epoch = 0
+        self.step = 0
+        self.wall_time = 0.0
+        if resume:
+            self._restore(load_checkpoint(self.run_dir / CHECKPOINT, cfg.method))
+        elif dist.is_main_process():
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+            (self.run_dir / "metrics.jsonl").write_text("")
+
+    # ----------------------------------------------------------------------------------------------- schedules
+    def _set_schedules(self, info: StepInfo) -> dict[str, float]:
+        """lr (warm-up + cosine) and weight decay (cosine) of every member at this global step."""
+        lrs = {}
+        batch_scale = self.cfg.train.batch_size * dist.world_size() / 256.0
+        for name, member in self.strategy.members.items():
+            opt_cfg = member.cfg.optimizer
+            lr = warmup_cosine(
+                info.step, info.total_steps, opt_cfg.lr * batch_scale, opt_cfg.min_lr,
+                min(info.epochs_to_steps(opt_cfg.warmup_epochs), info.total_steps),
+            )
+            wd = cosine(info.step, info.total_steps, opt_cfg.weight_decay, opt_cfg.weight_decay_end)
+            for group in self.optimizers[name].param_groups:
+                group["lr"] = lr
+                if group["regularized"]:
+                    group["weight_decay"] = wd
+            lrs[name] = lr
+        return lrs
+
+    # ----------------------------------------------------------------------------------------------- one step
+    def _train_step(self, views, labels, indices, info: StepInfo) -> dict[str, torch.Tensor]:
+        views = [v.to(self.device, non_blocking=True) for v in views]
+        labels = labels.to(self.device, non_blocking=True)
+        indices = indices.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+            losses = self.strategy(views, labels, indices, info)
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(losses["loss"]).backward()
+        for name, member in self.strategy.members.items():
+            optimizer = self.optimizers[name]
+            opt_cfg = member.cfg.optimizer
+            self.scaler.unscale_(optimizer)
+            if opt_cfg.clip_grad:
+                clip_per_parameter(list(member.student.parameters()), opt_cfg.clip_grad)
+            if info.epoch < opt_cfg.freeze_last_layer_epochs:
+                for param_name, param in member.student.named_parameters():
+                    if "last_layer" in param_name:
+                        param.grad = None
+            self.scaler.step(optimizer)
+        self.scaler.update()
+        self.strategy.after_step(info)
+        return losses
+
+    # ----------------------------------------------------------------------------------------------- loop
+    def fit(self, stop_at_epoch: int | None = None) -> dict | None:
+        """Train to ``train.epochs`` (or stop after ``stop_at_epoch`` epochs, as an interrupted run would) and
+        return the summary written to summary.json (None when stopped early)."""
+        cfg = self.cfg
+        last_epoch = cfg.train.epochs if stop_at_epoch is None else min(stop_at_epoch, cfg.train.epochs)
+        self.strategy.train()
+        with self._progress() as progress:
+            task = progress.add_task(f"{cfg.method}", total=self.total_steps, completed=self.step, info="")
+            for epoch in range(self.epoch, last_epoch):
+                self.sampler.set_epoch(epoch)
+                tick, tick_step = time.perf_counter(), self.step
+                epoch_start = tick
+                for views, labels, indices in self.loader:
+                    info = StepInfo(self.step, epoch, self.steps_per_epoch, self.total_steps)
+                    lrs = self._set_schedules(info)
+                    losses = self._train_step(views, labels, indices, info)
+                    self.step += 1
+                    if self.step % cfg.train.log_every == 0 or self.step % self.steps_per_epoch == 0:
+                        now = time.perf_counter()
+                        images_per_s = (self.step - tick_step) * cfg.train.batch_size * dist.world_size() / (now - tick)
+                        record = self._log_step(epoch, losses, lrs, images_per_s)
+                        tick, tick_step = now, self.step
+                        progress.update(task, completed=self.step, info=self._short(record))
+                    else:
+                        progress.update(task, completed=self.step)
+                self.wall_time += time.perf_counter() - epoch_start
+                self.epoch = epoch + 1
+                if cfg.eval.every_epochs and self.epoch % cfg.eval.every_epochs == 0 and self.epoch < cfg.train.epochs:
+                    self._write_metrics({"epoch": self.epoch, "step": self.step, **self._knn_record()})
+                    self.strategy.train()
+                if self.epoch % cfg.train.checkpoint_every == 0 or self.epoch == last_epoch:
+                    self._save()
+        if self.epoch < cfg.train.epochs:
+            return None
+        return self._finish()
+
+    def _progress(self) -> Progress:
+        return Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=self.console,
+            disable=not dist.is_main_process(),
+        )
+
+    def _log_step(self, epoch: int, losses: dict[str, torch.Tensor], lrs: dict[str, float], images_per_s: float) -> dict:
+        names = list(losses)
+        values = torch.stack([losses[n].detach().float() for n in names]).tolist()
+        record = {"step": self.step, "epoch": epoch, **dict(zip(names, values))}
+        record.update({f"lr/{name}": lr for name, lr in lrs.items()})
+        record["images_per_s"] = images_per_s
+        if not all(np.isfinite(values)):
+            bad = [n for n, v in zip(names, values) if not np.isfinite(v)]
+            raise UserError(
+                f"loss became non-finite at step {self.step} ({', '.join(bad)}); the last good checkpoint is "
+                f"{self.run_dir / CHECKPOINT}: lower the learning rate or enable clipping, then resume"
+            )
+        self._write_metrics(record)
+        if not self.console.is_terminal and dist.is_main_process():
+            self.console.print(f"step {self.step}/{self.total_steps} {self._short(record)}", highlight=False)
+        return record
+
+    @staticmethod
+    def _short(record: dict) -> str:
+        parts = [f"loss {record['loss']:.3f}"]
+        parts += [f"{k} {v:.3f}" for k, v in record.items() if k.endswith("/loss")]
+        parts += [f"{k} {v:.2e}" for k, v in record.items() if k.startswith("lr/")]
+        parts.append(f"{record['images_per_s']:.0f} img/s")
+        return "  ".join(parts)
+
+    def _write_metrics(self, record: dict) -> None:
+        if dist.is_main_process():
+            with open(self.run_dir / "metrics.jsonl", "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    # ----------------------------------------------------------------------------------------------- state
+    def _save(self) -> None:
+        if not dist.is_main_process():
+            return
+        save_checkpoint(
+            self.run_dir / CHECKPOINT,
+            {
+                "method": self.cfg.method,
+                "config": to_dict(self.cfg),
+                "epoch": self.epoch,
+                "step": self.step,
+                "wall_time_s": self.wall_time,
+                "strategy": self.strategy.state_dict(),
+                "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+                "scaler": self.scaler.state_dict(),
+                "rng": rng_state(),
+            },
+        )
+
+    def _restore(self, state: dict) -> None:
+        try:
+            self.strategy.load_state_dict(state["strategy"])
+            for name, optimizer in self.optimizers.items():
+                optimizer.load_state_dict(state["optimizers"][name])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise UserError(
+                f"checkpoint in {self.run_dir} does not match its config.yaml ({type(exc).__name__}); "
+                "resume with the config the run was started with"
+            ) from exc
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.epoch, self.step, self.wall_time = state["epoch"], state["step"], state["wall_time_s"]
+        metrics = self.run_dir / "metrics.jsonl"
+        if metrics.exists() and dist.is_main_process():
+            kept = [line for line in metrics.read_text().splitlines() if line and json.loads(line)["step"] <= self.step]
+            atomic_write(metrics, lambda handle: handle.write("".join(f"{line}\n" for line in kept).encode()))
+
+    # ----------------------------------------------------------------------------------------------- end
+    def _knn_record(self) -> dict:
+        results = evaluate_members(self.strategy, self.cfg, self.device)
+        return {f"knn/{name}": r["knn_top1"] for name, r in results.items()}
+
+    def _finish(self) -> dict | None:
+        results = evaluate_members(self.strategy, self.cfg, self.device)
+        if not dist.is_main_process():
+            return None
+        self._write_metrics({"epoch": self.epoch, "step": self.step, **{f"knn/{n}": r["knn_top1"] for n, r in results.items()}})
+        summary = build_summary(self.cfg, self.strategy, results, self.wall_time)
+        atomic_write(self.run_dir / "summary.json", lambda handle: handle.write(json.dumps(summary, indent=2).encode()))
+        return summary
+
+
+def build_summary(cfg: Config, strategy: Strategy, results: dict, wall_time: float) -> dict:
+    from sslkd.models.backbones import count_params_m
+
+    members = {}
+    for name, member in strategy.members.items():
+        knn = results[name]
+        members[name] = {
+            "backbone": member.cfg.backbone,
+            "paper_name": member.cfg.paper_name,
+            "params_m": round(count_params_m(member.backbone), 3),
+            **{k: v for k, v in knn.items() if k != "protocol"},
+            "linear_top1": None,
+        }
+    protocol = next(iter(results.values()))["protocol"]
+    return {
+        "method": cfg.method,
+        "dataset": cfg.data.name if cfg.data.name != "imagefolder" else Path(cfg.data.root or "").name or "imagefolder",
+        "seed": cfg.train.seed,
+        "epochs": cfg.train.epochs,
+        "wall_time_s": round(wall_time, 1),
+        "config_file": cfg.config_file,
+        "tag": None,
+        "members": members,
+        "protocol": protocol,
+    }
+

@@ -1,0 +1,103 @@
+"""The evaluation every run ends with: weighted k-NN (DINO protocol) of every member's evaluated backbone."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader
+
+from sslkd.config import Config
+from sslkd.data import build_dataset
+from sslkd.data.transforms import EvalTransform
+from sslkd.engine import distributed as dist
+from sslkd.eval.features import extract_features
+from sslkd.eval.knn import dogo_knn_mean, knn_accuracy
+
+FEATURE_SOURCE = "EMA-teacher backbone where the method has one: ViT CLS after the final norm, CNN global average pool"
+
+
+def eval_loaders(cfg: Config, image_size: int | None = None) -> tuple[DataLoader, DataLoader]:
+    """Un-augmented train (the k-NN memory) and test loaders at the training image size."""
+    loaders = []
+    for split in ("train", "test"):
+        dataset = build_dataset(cfg.data.name, cfg.data.root, split)
+        size = image_size or cfg.data.image_size or dataset.info.image_size
+        dataset.transform = EvalTransform(size, dataset.info.mean, dataset.info.std)
+        loaders.append(DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=cfg.data.num_workers))
+    return loaders[0], loaders[1]
+
+
+def knn_results(train_feats, train_labels, test_feats, test_labels, cfg: Config, num_classes: int) -> dict:
+    ks = sorted(set(cfg.eval.knn_k) | {20})
+    accuracies = knn_accuracy(
+        train_feats, train_labels, test_feats, test_labels, ks=ks, temperature=cfg.eval.knn_temperature, num_classes=num_classes
+    )
+    return {
+        "knn_top1": accuracies[20],
+        "knn": {str(k): accuracies[k] for k in ks},
+        "knn_dogo_mean": dogo_knn_mean(train_feats, train_labels, test_feats, test_labels, num_classes=num_classes),
+    }
+
+
+@torch.no_grad()
+def evaluate_members(strategy, cfg: Config, device: torch.device, only: str | None = None) -> dict:
+    """k-NN top-1 (k=20, T=0.07, plus the other k of ``eval.knn_k`` and DoGo's mean over k in {1,2,4,8})."""
+    if not dist.is_main_process():
+        return {}
+    train_loader, test_loader = eval_loaders(cfg)
+    strategy.eval()
+    results = {}
+    for name, backbone in strategy.eval_backbones().items():
+        if only is not None and name != only:
+            continue
+        train_feats, train_labels = extract_features(backbone, train_loader, device)
+        test_feats, test_labels = extract_features(backbone, test_loader, device)
+        results[name] = knn_results(train_feats, train_labels, test_feats, test_labels, cfg, strategy.info.num_classes)
+        results[name]["protocol"] = {
+            "knn_k": 20,
+            "knn_temperature": cfg.eval.knn_temperature,
+            "knn_ks": sorted(set(cfg.eval.knn_k) | {20}),
+            "dogo_ks": [1, 2, 4, 8],
+            "feature_source": FEATURE_SOURCE,
+            "train_split": "train",
+            "test_split": "test",
+            "n_train": len(train_feats),
+            "n_test": len(test_feats),
+        }
+    strategy.train()
+    return results
+
+
+def strategy_from_checkpoint(path, data_name: str | None = None, data_root: str | None = None):
+    """Rebuild a run's strategy from its checkpoint (the config travels inside it) and load the weights."""
+    from sslkd.config import Config, from_dict
+    from sslkd.engine.checkpoint import load_checkpoint
+    from sslkd.errors import UserError
+    from sslkd.registry import STRATEGIES
+
+    state = load_checkpoint(path)
+    cfg = from_dict(Config, state["config"])
+    info = build_dataset(cfg.data.name, cfg.data.root, "train").info
+    strategy = STRATEGIES.get(cfg.method)(cfg, info)
+    try:
+        strategy.load_state_dict(state["strategy"])
+    except RuntimeError as exc:
+        raise UserError(f"checkpoint '{path}' does not match the {cfg.method} model its config describes") from exc
+    if data_name is not None:
+        cfg.data.name, cfg.data.root, cfg.data.image_size = data_name, data_root, cfg.data.image_size
+    elif data_root is not None:
+        cfg.data.root = data_root
+    return strategy, cfg
+
+
+def knn_of_checkpoint(path, member: str | None = None, data_name: str | None = None, data_root: str | None = None,
+                      device: str = "auto") -> dict:
+    """``sslkd eval knn`` and tools/knn_eval.py: the run-end k-NN protocol on any checkpoint and member."""
+    from sslkd.engine.trainer import pick_device
+    from sslkd.errors import UserError
+
+    strategy, cfg = strategy_from_checkpoint(path, data_name, data_root)
+    if member is not None and member not in strategy.members:
+        raise UserError(f"checkpoint has no member {member!r}; its members are {', '.join(strategy.members)}")
+    torch_device = pick_device(device)
+    strategy.to(torch_device)
+    return evaluate_members(strategy, cfg, torch_device, only=member)

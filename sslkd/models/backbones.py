@@ -1,0 +1,283 @@
+"""Backbones behind one interface: any timm model, plus the CIFAR ResNets/WRNs registered in ``BACKBONES``.
+
+Strategies never look inside a network: they ask a ``Backbone`` for its pooled feature, its last-stage tokens
+(MOKD's T-Head) or its per-block features (SDSSL), so a CNN and a ViT are interchangeable members of a cohort.
+"""
+
+from __future__ import annotations
+
+import abc
+import difflib
+import re
+from functools import partial
+
+import timm
+import torch
+from torch import nn
+
+from sslkd.errors import UserError
+from sslkd.registry import BACKBONES
+
+# Keyword arguments sslkd sets itself: weights are never downloaded and the classifier is always removed.
+_RESERVED_OVERRIDES = ("pretrained", "num_classes")
+
+
+class Backbone(nn.Module, abc.ABC):
+    """The interface every backbone offers; ``forward`` is the pooled feature used by heads and k-NN.
+
+    Attributes: ``kind`` ("cnn" or "vit"), ``num_features`` (pooled dim), ``token_dim`` (channels of the
+    last-stage tokens) and ``patch_size`` (ViTs, else None).
+    """
+
+    kind: str
+    num_features: int
+    token_dim: int
+    patch_size: int | tuple[int, int] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_tokens(x)[0]
+
+    @abc.abstractmethod
+    def forward_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """One pass returning (pooled [B,D], last-stage tokens [B,N,C], token grid (h, w))."""
+
+    @abc.abstractmethod
+    def intermediate_names(self) -> list[str]:
+        """Names of the blocks whose pooled outputs ``forward_intermediates`` can return, input to output."""
+
+    @abc.abstractmethod
+    def forward_intermediates(self, x: torch.Tensor, names: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """One pass returning the pooled feature [B, D_name] of each named block (all blocks when None)."""
+
+    def _wanted(self, names: list[str] | None) -> list[str]:
+        """The requested block names in network order, rejecting names this backbone does not have."""
+        known = self.intermediate_names()
+        if names is None:
+            return known
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise UserError(
+                f"unknown intermediate block(s) {unknown} for this {self.kind} backbone; valid names: {known}"
+            )
+        requested = set(names)
+        return [n for n in known if n in requested]
+
+
+def _spatial_mean(feat: torch.Tensor, channels_last_layout: bool) -> torch.Tensor:
+    return feat.mean((1, 2)) if channels_last_layout else feat.mean((-2, -1))
+
+
+class TimmViT(Backbone):
+    """A timm ViT-family model (token sequence with prefix tokens); pooled = timm's own pre-logits pooling.
+
+    For a standard ViT that pooling is the CLS token after the final norm; for ViTs without a class token
+    (``global_pool="avg"``) it is the mean of the patch tokens (through ``fc_norm`` where the model has one).
+    """
+
+    kind = "vit"
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.num_features = model.num_features
+        self.token_dim = model.embed_dim
+        self.patch_size = _square(model.patch_embed.patch_size)
+        self._names = [f"blocks.{i}" for i in range(len(model.blocks))]
+
+    def _grid(self, x: torch.Tensor) -> tuple[int, int]:
+        patch_embed = self.model.patch_embed
+        if getattr(patch_embed, "dynamic_img_size", False) or getattr(self.model, "dynamic_img_size", False):
+            return tuple(patch_embed.dynamic_feat_size(tuple(x.shape[-2:])))
+        return tuple(patch_embed.grid_size)
+
+    def forward_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        seq = self.model.forward_features(x)
+        pooled = self.model.forward_head(seq, pre_logits=True)
+        return pooled, seq[:, self.model.num_prefix_tokens :], self._grid(x)
+
+    def intermediate_names(self) -> list[str]:
+        return list(self._names)
+
+    def forward_intermediates(self, x: torch.Tensor, names: list[str] | None = None) -> dict[str, torch.Tensor]:
+        wanted = self._wanted(names)
+        outputs = self.model.forward_intermediates(
+            x,
+            indices=[self._names.index(n) for n in wanted],
+            norm=True,
+            output_fmt="NLC",
+            return_prefix_tokens=True,
+            intermediates_only=True,
+            stop_early=True,
+        )
+        pooled = {}
+        for name, out in zip(wanted, outputs):
+            seq = torch.cat([out[1], out[0]], dim=1) if isinstance(out, tuple) else out
+            pooled[name] = self.model.forward_head(seq, pre_logits=True)
+        return pooled
+
+
+class TimmSpatial(Backbone):
+    """A timm model whose features are a spatial map (CNNs; also hierarchical ViTs such as Swin).
+
+    pooled = global average of the last feature map (exactly the mean of the returned tokens). Intermediates are
+    the residual blocks of its stages (see ``_block_modules``), read with forward hooks during one pass.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.kind = "vit" if hasattr(model, "patch_embed") else "cnn"
+        self.patch_size = _square(model.patch_embed.patch_size) if self.kind == "vit" else None
+        self.num_features = model.num_features
+        self.token_dim = model.num_features
+        self._nhwc = getattr(model, "output_fmt", "NCHW") == "NHWC"
+        self._blocks = _block_modules(model)
+
+    def forward_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        feat = self.model.forward_features(x)
+        if self._nhwc:
+            feat = feat.permute(0, 3, 1, 2)
+        h, w = feat.shape[-2:]
+        return feat.mean((-2, -1)), feat.flatten(2).transpose(1, 2), (h, w)
+
+    def intermediate_names(self) -> list[str]:
+        return [name for name, _ in self._blocks]
+
+    def forward_intermediates(self, x: torch.Tensor, names: list[str] | None = None) -> dict[str, torch.Tensor]:
+        wanted = self._wanted(names)
+        pooled: dict[str, torch.Tensor] = {}
+
+        def store(name: str, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            pooled[name] = _spatial_mean(output, self._nhwc)
+
+        handles = [m.register_forward_hook(partial(store, n)) for n, m in self._blocks if n in wanted]
+        try:
+            self.model.forward_features(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return {name: pooled[name] for name in wanted}
+
+
+def _square(size: int | tuple[int, int]) -> int | tuple[int, int]:
+    if isinstance(size, int):
+        return size
+    return size[0] if size[0] == size[1] else tuple(size)
+
+
+def _block_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The residual blocks of a timm feature-map model, found from timm's ``feature_info`` stage points.
+
+    Each stage point is widened to every sibling in its parent ``nn.Sequential`` (timm's feature_info skips some
+    EfficientNet stages) and expanded into its blocks (the stage itself when a ``nn.Sequential``, else its
+    ``.blocks``). Stems, which are not residual blocks, are dropped; a family whose stages hold no block
+    sequence (e.g. RegNet) keeps timm's stage points as they are.
+    """
+    stages: list[str] = []
+    for info in model.feature_info:
+        parent, _, _ = info["module"].rpartition(".")
+        siblings = model.get_submodule(parent) if parent else None
+        if isinstance(siblings, nn.Sequential):
+            candidates = [f"{parent}.{child}" for child, _ in siblings.named_children()]
+        else:
+            candidates = [info["module"]]
+        stages += [s for s in candidates if s not in stages]
+
+    blocks: list[tuple[str, nn.Module]] = []
+    for stage_name in stages:
+        stage = model.get_submodule(stage_name)
+        if isinstance(stage, nn.Sequential):
+            blocks += [(f"{stage_name}.{n}", m) for n, m in stage.named_children()]
+        elif isinstance(getattr(stage, "blocks", None), nn.Sequential):
+            blocks += [(f"{stage_name}.blocks.{n}", m) for n, m in stage.blocks.named_children()]
+    return blocks or [(s, model.get_submodule(s)) for s in stages]
+
+
+def _is_token_vit(model: nn.Module) -> bool:
+    return all(hasattr(model, a) for a in ("patch_embed", "blocks", "num_prefix_tokens", "forward_intermediates"))
+
+
+def _apply_small_image_stem(model: nn.Module, name: str) -> None:
+    """DoGo/CIFAR recipe: the stem's first conv becomes 3x3 stride 1 padding 1 and the max-pool is removed."""
+    if not (hasattr(model, "conv1") and hasattr(model, "maxpool")):
+        raise UserError(
+            f"small_image_stem applies to ResNet-style models (conv1 + maxpool) and {name!r} is not one; "
+            "drop small_image_stem (for a ViT set a small patch_size instead)"
+        )
+    stem = model.conv1
+    first = stem if isinstance(stem, nn.Conv2d) else stem[0]
+    conv = nn.Conv2d(first.in_channels, first.out_channels, 3, stride=1, padding=1, bias=False)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    if isinstance(stem, nn.Conv2d):
+        model.conv1 = conv
+    else:
+        stem[0] = conv
+    model.maxpool = nn.Identity()
+
+
+def _override_error(name: str, overrides: dict, exc: Exception) -> UserError:
+    bad = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+    if bad:
+        return UserError(
+            f"backbone {name!r} does not accept the override {bad.group(1)!r}; remove it or use an argument "
+            f"its constructor takes"
+        )
+    return UserError(f"backbone {name!r} cannot be built with overrides {overrides} ({exc}); fix those values")
+
+
+def _unknown_backbone_message(name: str) -> str:
+    registered = BACKBONES.names()
+    close = difflib.get_close_matches(name, registered + timm.list_models(), n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return (
+        f"unknown backbone {name!r}.{hint} sslkd backbones: {', '.join(registered)}; "
+        "any timm model name (timm.list_models()) is also accepted."
+    )
+
+
+def _create_timm(name: str, overrides: dict) -> nn.Module:
+    """timm.create_model without weights or classifier; ViTs get dynamic_img_size=True unless overridden."""
+    kwargs = dict(pretrained=False, num_classes=0, **overrides)
+    try:
+        if "dynamic_img_size" not in overrides:
+            try:
+                return timm.create_model(name, dynamic_img_size=True, **kwargs)
+            except TypeError as exc:
+                if "dynamic_img_size" not in str(exc):
+                    raise
+        return timm.create_model(name, **kwargs)
+    except (TypeError, AssertionError, ValueError) as exc:
+        if not overrides:
+            raise
+        raise _override_error(name, overrides, exc) from exc
+
+
+def build_backbone(name: str, small_image_stem: bool = False, **overrides) -> Backbone:
+    """Build a registered sslkd backbone, else any timm model, behind the ``Backbone`` interface.
+
+    ``small_image_stem`` swaps a timm ResNet's stem for the CIFAR one; the registered CIFAR networks already have
+    it. ``overrides`` go to the constructor (e.g. img_size, patch_size, depth, embed_dim, drop_path_rate, widths).
+    """
+    reserved = [k for k in _RESERVED_OVERRIDES if k in overrides]
+    if reserved:
+        raise UserError(
+            f"backbone override(s) {reserved} are set by sslkd (no weight downloads, no classifier); remove them"
+        )
+    if name in BACKBONES:
+        try:
+            return BACKBONES.get(name)(**overrides)
+        except TypeError as exc:
+            if "keyword argument" not in str(exc):
+                raise
+            raise _override_error(name, overrides, exc) from exc
+    if not timm.is_model(name):
+        raise UserError(_unknown_backbone_message(name))
+    model = _create_timm(name, overrides)
+    if small_image_stem:
+        _apply_small_image_stem(model, name)
+    return TimmViT(model) if _is_token_vit(model) else TimmSpatial(model)
+
+
+def count_params_m(module: nn.Module) -> float:
+    """All parameters of ``module``, in millions (the unit the papers' tables use)."""
+    return sum(p.numel() for p in module.parameters()) / 1e6

@@ -1,0 +1,346 @@
+"""Finished runs -> the papers' table layouts, rendered as Markdown, CSV, LaTeX or a rich table.
+
+A table is a builder ``(runs DataFrame from load_runs) -> DataFrame of display strings`` registered in ``TABLES``
+with a test of whether it fits a set of runs. ``compare(..., table="auto")`` picks the one specific table that fits
+and otherwise falls back to the generic ``runs`` table, so a new paper's table is one ``register_table`` call.
+Builders put a title in ``attrs["title"]`` and footnotes in ``attrs["notes"]``; ``render`` prints both.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import pandas as pd
+from rich.table import Table
+
+from sslkd.errors import UserError
+from sslkd.registry import Registry
+from sslkd.report.records import PAPER_NUMBERS_DIR, load_paper_numbers, load_runs
+
+FORMATS = ("md", "csv", "latex")
+PROTOCOLS = (("knn", "k-NN", "knn_top1"), ("linear", "Linear", "linear_top1"))
+NA = "n/a"
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """How to build one table layout and when ``auto`` may choose it."""
+
+    build: Callable[[pd.DataFrame], pd.DataFrame]
+    fits: Callable[[pd.DataFrame], bool]
+    about: str
+
+
+TABLES: Registry = Registry("table")
+
+
+def register_table(name: str, build: Callable[[pd.DataFrame], pd.DataFrame],
+                   fits: Callable[[pd.DataFrame], bool], about: str) -> None:
+    """Make ``sslkd compare --table NAME`` build ``build(runs)``; ``fits(runs)`` lets ``auto`` pick it."""
+    TABLES.register(name)(TableSpec(build, fits, about))
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean, sample standard deviation (ddof=1) and count of the non-missing values of one cell."""
+
+    mean: float
+    std: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Iterable[float]) -> Stat | None:
+        kept = pd.Series([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+        if kept.empty:
+            return None
+        return cls(float(kept.mean()), float(kept.std(ddof=1)) if len(kept) > 1 else math.nan, len(kept))
+
+
+def format_stat(stat: Stat | None) -> str:
+    """'mean +- std (n)' with one decimal as in the papers; a single seed has no std."""
+    if stat is None:
+        return NA
+    if stat.n == 1:
+        return f"{stat.mean:.1f} (1)"
+    return f"{stat.mean:.1f} +- {stat.std:.1f} ({stat.n})"
+
+
+def format_value(value: float | None) -> str:
+    return NA if value is None or math.isnan(value) else f"{value:.1f}"
+
+
+def format_delta(before: float | None, after: float | None) -> str:
+    """Signed change of ``after`` over ``before``, rounded so that -0.0 prints as +0.0."""
+    if before is None or after is None or math.isnan(before) or math.isnan(after):
+        return NA
+    change = round(after - before, 1)
+    return f"{change + 0.0:+.1f}"
+
+
+def _mean(stat: Stat | None) -> float | None:
+    return None if stat is None else stat.mean
+
+
+def backbone_label(backbone: str, paper_name: str) -> str:
+    """Our backbone, with the paper backbone it stands in for (proxy runs)."""
+    return f"{backbone} (as {paper_name})" if paper_name else backbone
+
+
+def _setting(dataset: str, epochs: int, tag: str) -> str:
+    return f"ours: {dataset}, {epochs} ep" + (f", {tag}" if tag else "")
+
+
+def _table1_columns() -> list[str]:
+    return ["Net1", "Net2", "Source"] + [
+        f"{label} {part} {net}"
+        for _, label, _ in PROTOCOLS for part in ("Indep.", "MOKD", "Δ") for net in ("Net1", "Net2")
+    ]
+
+
+def _table1_cells(label: str, indep: tuple, mokd: tuple, indep_text: tuple, mokd_text: tuple) -> dict[str, str]:
+    """The six cells of one protocol: Independent, MOKD and the change, for Net1 and Net2."""
+    cells = {}
+    for i, net in enumerate(("Net1", "Net2")):
+        cells[f"{label} Indep. {net}"] = indep_text[i]
+        cells[f"{label} MOKD {net}"] = mokd_text[i]
+        cells[f"{label} Δ {net}"] = format_delta(indep[i], mokd[i])
+    return cells
+
+
+def _mokd_pairs(runs: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
+    """One row per two-member mokd run: its setting, both members (Net1 = first) and their accuracies."""
+    rows = []
+    for run_dir, members in runs.groupby("run_dir", sort=False):
+        members = members.sort_values("member_index")
+        if len(members) != 2:
+            notes.append(f"skipped {run_dir}: a mokd run with {len(members)} members does not fit a pair table")
+            continue
+        first, second = members.iloc[0], members.iloc[1]
+        row = {"dataset": first.dataset, "epochs": int(first.epochs), "tag": first.tag}
+        for prefix, member in (("1", first), ("2", second)):
+            row |= {f"backbone{prefix}": member.backbone, f"paper{prefix}": member.paper_name,
+                    f"knn{prefix}": member.knn_top1, f"linear{prefix}": member.linear_top1}
+        rows.append(row)
+    pairs = pd.DataFrame(rows)
+    if pairs.empty:
+        return pairs
+    for column in ("tag", "paper1", "paper2"):
+        pairs[column] = pairs[column].astype(object).where(pairs[column].notna(), "")
+    return pairs
+
+
+def _independent(dino: pd.DataFrame, backbone: str, dataset: str, epochs: int,
+                 notes: list[str]) -> tuple[pd.DataFrame, str]:
+    """DINO runs of ``backbone`` on ``dataset``: same epochs if any, else the nearest (ties: longer); cell suffix."""
+    same = dino[(dino.backbone == backbone) & (dino.dataset == dataset)]
+    if same.empty:
+        notes.append(f"no dino run of {backbone} on {dataset}: Independent {backbone} is n/a "
+                     f"(train one with sslkd train --method dino)")
+        return same, ""
+    if (same.epochs == epochs).any():
+        return same[same.epochs == epochs], ""
+    nearest = min(same.epochs.unique(), key=lambda e: (abs(e - epochs), -e))
+    notes.append(f"no {epochs}-epoch dino run of {backbone} on {dataset}: Independent uses its {nearest}-epoch runs")
+    return same[same.epochs == nearest], f" [{nearest} ep]"
+
+
+def _paper_table1(notes: list[str]) -> pd.DataFrame | None:
+    if not (PAPER_NUMBERS_DIR / "mokd_table1.csv").is_file():
+        notes.append(f"paper numbers not shown: {PAPER_NUMBERS_DIR} is missing (run from a source checkout)")
+        return None
+    return load_paper_numbers("mokd_table1")
+
+
+def _paper_value(paper: pd.DataFrame, rows: pd.Series) -> float | None:
+    values = paper.loc[rows, "top1"]
+    return float(values.iloc[0]) if len(values) else None
+
+
+def _paper_row(paper: pd.DataFrame, name1: str, name2: str) -> dict[str, str]:
+    """MOKD Table 1 numbers for the paper pair (name1, name2): Independent per backbone, MOKD for the pair."""
+    row = {"Net1": name1 or "-", "Net2": name2 or "-", "Source": "paper: ImageNet, 100 ep (MOKD Table 1)"}
+    order = {(a, b) for a, b in zip(paper.net1, paper.net2)}
+    swapped = (name1, name2) not in order and (name2, name1) in order
+    pair = (name2, name1) if swapped else (name1, name2)
+    for protocol, label, _ in PROTOCOLS:
+        rows = paper.protocol == protocol
+        indep = tuple(
+            _paper_value(paper, rows & (paper.setting == "independent")
+                         & (((paper.net1 == name) & (paper.member == "net1"))
+                            | ((paper.net2 == name) & (paper.member == "net2"))))
+            for name in (name1, name2)
+        )
+        in_pair = rows & (paper.setting == "mokd") & (paper.net1 == pair[0]) & (paper.net2 == pair[1])
+        members = ("net2", "net1") if swapped else ("net1", "net2")
+        mokd = tuple(_paper_value(paper, in_pair & (paper.member == member)) for member in members)
+        row |= _table1_cells(label, indep, mokd, tuple(map(format_value, indep)), tuple(map(format_value, mokd)))
+    return row
+
+
+def mokd_table1(runs: pd.DataFrame) -> pd.DataFrame:
+    """MOKD Table 1: per backbone pair, k-NN and linear top-1 of each net trained alone (DINO) and with MOKD.
+
+    Independent numbers come from ``dino`` runs of the same backbone and data set (same epochs where possible);
+    MOKD numbers from ``mokd`` runs, Net1 being the run's first member. Where members carry a ``paper_name``
+    (proxies standing in for the paper's backbones), a row with the paper's ImageNet numbers follows ours.
+    """
+    mokd_runs = runs[runs.method == "mokd"]
+    if mokd_runs.empty:
+        raise UserError("no mokd runs among the given run directories: pass mokd runs or use --table runs")
+    notes = ["cells: mean +- sample std (n seeds) of top-1 %; Δ = MOKD mean - Independent mean",
+             "Independent = dino runs of the same backbone and data set; Net1 = the mokd run's first member"]
+    dino = runs[runs.method == "dino"]
+    paper = None
+    pairs = _mokd_pairs(mokd_runs, notes)
+    rows = []
+    keys = ["dataset", "epochs", "tag", "backbone1", "paper1", "backbone2", "paper2"]
+    groups = pairs.groupby(keys, sort=False) if len(pairs) else []
+    for (dataset, epochs, tag, backbone1, paper1, backbone2, paper2), group in groups:
+        indep_runs = [_independent(dino, b, dataset, epochs, notes) for b in (backbone1, backbone2)]
+        row = {"Net1": backbone_label(backbone1, paper1), "Net2": backbone_label(backbone2, paper2),
+               "Source": _setting(dataset, epochs, tag)}
+        for protocol, label, column in PROTOCOLS:
+            indep = tuple(Stat.of(found[column]) for found, _ in indep_runs)
+            mokd = (Stat.of(group[f"{protocol}1"]), Stat.of(group[f"{protocol}2"]))
+            indep_text = tuple(
+                format_stat(stat) + (suffix if stat else "") for stat, (_, suffix) in zip(indep, indep_runs)
+            )
+            row |= _table1_cells(label, tuple(map(_mean, indep)), tuple(map(_mean, mokd)),
+                                 indep_text, tuple(map(format_stat, mokd)))
+        rows.append(row)
+        if paper1 or paper2:
+            paper = _paper_table1(notes) if paper is None else paper
+            if paper is not None:
+                rows.append(_paper_row(paper, paper1, paper2))
+    if paper is not None:
+        notes.append("paper rows are ImageNet numbers for the backbones ours stand in for ('as ...'): "
+                     "compare the changes (Δ), not the absolute accuracies")
+    table = pd.DataFrame(rows, columns=_table1_columns())
+    table.attrs = {"title": "MOKD Table 1: k-NN and linear top-1 (%), each net trained alone (DINO) vs with MOKD",
+                   "notes": list(dict.fromkeys(notes))}
+    return table
+
+
+def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Any runs: one row per (method, setting, member, backbone) with accuracies and wall time over seeds."""
+    keyed = runs.assign(
+        tag=runs.tag.astype(object).where(runs.tag.notna(), ""),
+        paper_name=runs.paper_name.astype(object).where(runs.paper_name.notna(), ""),
+    )
+    keys = ["method", "tag", "dataset", "epochs", "member", "backbone", "paper_name"]
+    keyed = keyed.sort_values(["method", "tag", "dataset", "epochs", "member_index"], kind="stable")
+    rows = []
+    for (method, tag, dataset, epochs, member, backbone, paper_name), group in keyed.groupby(keys, sort=False):
+        wall = Stat.of(group.wall_time_s)
+        rows.append({
+            "Method": f"{method} [{tag}]" if tag else method,
+            "Member": member,
+            "Backbone": backbone_label(backbone, paper_name),
+            "Data set": dataset,
+            "Epochs": str(epochs),
+            "k-NN top-1": format_stat(Stat.of(group.knn_top1)),
+            "Linear top-1": format_stat(Stat.of(group.linear_top1)),
+            "Wall time (min)": NA if wall is None else f"{wall.mean / 60:.1f}",
+            "Seeds": str(group.run_dir.nunique()),
+        })
+    table = pd.DataFrame(rows, columns=["Method", "Member", "Backbone", "Data set", "Epochs", "k-NN top-1",
+                                        "Linear top-1", "Wall time (min)", "Seeds"])
+    table.attrs = {"title": "Runs: top-1 (%) per method and member",
+                   "notes": ["cells: mean +- sample std (n seeds) of top-1 %; wall time: mean per run"]}
+    return table
+
+
+register_table("mokd_table1", mokd_table1, lambda runs: bool((runs.method == "mokd").any()),
+               "MOKD Table 1: Independent (DINO) vs MOKD per backbone pair, k-NN and linear")
+register_table("runs", runs_table, lambda runs: True, "every run: method x member, accuracies over seeds")
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise UserError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    def line(cells: Iterable[str]) -> str:
+        return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
+
+    rows = [line(table.columns), "|" + "|".join("---" for _ in table.columns) + "|"]
+    rows += [line(values) for values in table.itertuples(index=False)]
+    return "\n".join(rows)
+
+
+LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def latex_escape(text: str) -> str:
+    """Escape LaTeX specials, then typeset '+-' and 'Δ' as math."""
+    escaped = "".join(LATEX_SPECIAL.get(char, char) for char in str(text))
+    return escaped.replace("+-", r"$\pm$").replace("Δ", r"$\Delta$")
+
+
+def _latex(table: pd.DataFrame) -> str:
+    def line(cells: Iterable[str]) -> str:
+        return " & ".join(latex_escape(cell) for cell in cells) + r" \\"
+
+    body = [line(values) for values in table.itertuples(index=False)]
+    return "\n".join([rf"\begin{{tabular}}{{{'l' * len(table.columns)}}}", r"\toprule", line(table.columns),
+                      r"\midrule", *body, r"\bottomrule", r"\end{tabular}"])
+
+
+def render(table: pd.DataFrame, fmt: str = "md") -> str:
+    """The table as Markdown (title and notes around it), CSV (cells only) or a LaTeX booktabs tabular."""
+    _check_format(fmt)
+    title, notes = table.attrs.get("title", ""), table.attrs.get("notes", [])
+    if fmt == "csv":
+        return table.to_csv(index=False)
+    if fmt == "latex":
+        comments = [f"% {text}" for text in ([title] if title else []) + notes]
+        return "\n".join([*comments, _latex(table)]) + "\n"
+    head = [f"**{title}**", ""] if title else []
+    tail = ["", *(f"- {note}" for note in notes)] if notes else []
+    return "\n".join([*head, _markdown(table), *tail]) + "\n"
+
+
+def rich_table(table: pd.DataFrame, title: str | None = None) -> Table:
+    """The table for terminal display; notes become the caption."""
+    notes = table.attrs.get("notes", [])
+    shown = Table(title=title if title is not None else table.attrs.get("title"),
+                  caption="\n".join(notes) or None, caption_justify="left")
+    for column in table.columns:
+        shown.add_column(str(column), overflow="fold")
+    for values in table.itertuples(index=False):
+        shown.add_row(*map(str, values))
+    return shown
+
+
+def pick_table(runs: pd.DataFrame) -> tuple[str, list[str]]:
+    """The one specific table that fits the runs, else ``runs`` (with a note when several fit)."""
+    fitting = [name for name in TABLES if name != "runs" and TABLES.get(name).fits(runs)]
+    if len(fitting) == 1:
+        return fitting[0], []
+    notes = [f"several tables fit these runs ({', '.join(fitting)}): choose one with --table"] if fitting else []
+    return "runs", notes
+
+
+def compare_table(run_dirs: list[str | Path], table: str = "auto") -> pd.DataFrame:
+    """Load the runs under ``run_dirs`` and build the named table (``auto``: see ``pick_table``)."""
+    if table != "auto" and table not in TABLES:
+        raise UserError(f"{TABLES.unknown_message(table)[:-1]}, or auto (picks one from the runs).")
+    runs = load_runs(run_dirs)
+    name, notes = pick_table(runs) if table == "auto" else (table, [])
+    built = TABLES.get(name).build(runs)
+    unfinished = runs.attrs.get("unfinished", [])
+    if unfinished:
+        notes.append(f"not finished, left out: {', '.join(unfinished)}")
+    built.attrs = {**built.attrs, "notes": [*built.attrs.get("notes", []), *notes]}
+    return built
+
+
+def compare(run_dirs: list[str | Path], table: str = "auto", fmt: str = "md") -> str:
+    """What ``sslkd compare RUN_DIR... [--table NAME] [--format md|csv|latex]`` prints."""
+    _check_format(fmt)
+    return render(compare_table(run_dirs, table), fmt)

@@ -1,0 +1,3 @@
+"""Built-in strategies; importing this package registers them."""
+
+from sslkd.strategies import dino, mokd  # noqa: F401

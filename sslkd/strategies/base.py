@@ -1,0 +1,178 @@
+"""What every distillation strategy is made of: members (backbone + heads + optional EMA teacher) and the
+Strategy interface the trainer drives. A strategy owns no loop, optimiser or I/O (DESIGN.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
+import torch
+from torch import nn
+
+from sslkd.config import Config, MemberConfig, read_yaml, strategy_options, PACKAGE_CONFIGS
+from sslkd.data import DatasetInfo
+from sslkd.data.transforms import MultiCropTransform, scaled_crop_sizes
+from sslkd.engine.distributed import all_reduce_mean
+from sslkd.engine.schedules import ema_momentum
+from sslkd.losses import updated_center
+from sslkd.models.backbones import build_backbone
+from sslkd.models.teacher import EMATeacher
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Where training is: every schedule is a function of these (resume-safe)."""
+
+    step: int
+    epoch: int
+    steps_per_epoch: int
+    total_steps: int
+
+    def epochs_to_steps(self, epochs: float) -> int:
+        return int(round(epochs * self.steps_per_epoch))
+
+
+@dataclass
+class NoOptions:
+    """A strategy without options of its own."""
+
+
+class Member(nn.Module):
+    """One model of a cohort: the student (``backbone`` + named heads) and, optionally, its EMA teacher.
+
+    ``build(drop_path_rate)`` makes a fresh student; the teacher is built the same way without stochastic depth
+    (as DINO builds its teacher) and starts from the student's weights.
+    """
+
+    def __init__(self, name: str, cfg: MemberConfig, build: Callable[[float], nn.ModuleDict], ema_teacher: bool):
+        super().__init__()
+        self.name = name
+        self.cfg = cfg
+        self.student = build(cfg.drop_path_rate)
+        self.teacher = EMATeacher(self.student, build(0.0)) if ema_teacher else None
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.student["backbone"]
+
+    @property
+    def kind(self) -> str:
+        return self.backbone.kind
+
+    def eval_backbone(self) -> nn.Module:
+        """The backbone evaluated by k-NN / linear probe: the teacher's where there is one (DINO protocol)."""
+        return self.teacher.module["backbone"] if self.teacher is not None else self.backbone
+
+
+def build_member_backbone(cfg: MemberConfig, drop_path_rate: float) -> nn.Module:
+    overrides = dict(cfg.backbone_args)
+    if drop_path_rate > 0:
+        overrides["drop_path_rate"] = drop_path_rate
+    return build_backbone(cfg.backbone, small_image_stem=cfg.small_image_stem, **overrides)
+
+
+class Strategy(nn.Module):
+    """Base of every method. Subclasses build ``self.members`` and implement ``forward``.
+
+    ``forward(views, labels, indices, step)`` returns a dict of named scalar losses; ``"loss"`` is the total that
+    the trainer back-propagates (members' graphs are disjoint, so one backward equals one per member).
+    Non-trainable state (centers, queues) lives in buffers so it is checkpointed with the weights.
+    """
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+
+    def __init__(self, cfg: Config, info: DatasetInfo):
+        super().__init__()
+        self.cfg = cfg
+        self.info = info
+        self.options = strategy_options(cfg, self.Options)
+        self.members = nn.ModuleDict()
+
+    @classmethod
+    def default_config(cls) -> dict:
+        """The raw config `sslkd train --method NAME` runs when no --config is given."""
+        return read_yaml(PACKAGE_CONFIGS / f"{cls.name}.yaml")
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls.Options)]
+
+    def crop_sizes(self) -> tuple[int, int]:
+        aug = self.cfg.data.augment
+        image_size = self.cfg.data.image_size or self.info.image_size
+        default_global, default_local = scaled_crop_sizes(image_size)
+        return aug.global_size or default_global, aug.local_size or default_local
+
+    def train_transform(self) -> Callable:
+        """Multi-crop views (DINO recipe); strategies with other augmentations override this."""
+        aug = self.cfg.data.augment
+        global_size, local_size = self.crop_sizes()
+        return MultiCropTransform(
+            global_size=global_size,
+            local_size=local_size,
+            n_global=aug.n_global,
+            n_local=aug.n_local,
+            global_scale=aug.global_scale,
+            local_scale=aug.local_scale,
+            mean=self.info.mean,
+            std=self.info.std,
+        )
+
+    def forward(self, views: list[torch.Tensor], labels: torch.Tensor, indices: torch.Tensor, step: StepInfo) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def after_step(self, step: StepInfo) -> None:
+        """Called after every optimiser step (EMA teachers, queues, banks)."""
+
+    @torch.no_grad()
+    def update_teachers(self, step: StepInfo, base_momentum: float) -> None:
+        momentum = ema_momentum(step.step, step.total_steps, base_momentum)
+        for member in self.members.values():
+            if member.teacher is not None:
+                member.teacher.update(member.student, momentum)
+
+    def eval_backbones(self) -> dict[str, nn.Module]:
+        return {name: member.eval_backbone() for name, member in self.members.items()}
+
+
+class Centers(nn.Module):
+    """DINO's output centers, one per teacher head, keyed "member/head"; buffers, so checkpoints hold them.
+
+    A center belongs to a teacher output: every loss that targets that output centers it the same way (METHODS.md).
+    """
+
+    def __init__(self, keys: list[str], dim: int):
+        super().__init__()
+        for key in keys:
+            self.register_buffer(self._buffer_name(key), torch.zeros(1, dim))
+
+    @staticmethod
+    def _buffer_name(key: str) -> str:
+        return key.replace("/", "__")
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return getattr(self, self._buffer_name(key))
+
+    @torch.no_grad()
+    def update(self, key: str, teacher_logits: torch.Tensor, momentum: float) -> None:
+        batch_mean = all_reduce_mean(teacher_logits.float().mean(dim=0, keepdim=True))
+        self[key].copy_(updated_center(self[key], batch_mean, momentum))
+
+
+def group_by_resolution(views: list[torch.Tensor]) -> list[tuple[int, int, torch.Tensor]]:
+    """Concatenate consecutive views of the same size, so each resolution takes one forward pass (DINO).
+
+    Returns (first view index, number of views, batch) per group.
+    """
+    groups: list[tuple[int, int, torch.Tensor]] = []
+    start = 0
+    while start < len(views):
+        end = start + 1
+        while end < len(views) and views[end].shape[-2:] == views[start].shape[-2:]:
+            end += 1
+        groups.append((start, end - start, torch.cat(views[start:end])))
+        start = end
+    return groups

@@ -1,0 +1,82 @@
+"""DINO (Caron et al., 2021): self-distillation with no labels; MOKD's independent baseline (MOKD Table 1).
+
+Each member is trained alone: student over all crops, EMA teacher over the global crops, DINO loss with
+centering and sharpening (MOKD Eq. 2 is this loss with two views).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sslkd.engine.schedules import linear_warmup_then_constant
+from sslkd.losses import dino_loss
+from sslkd.models.heads import DINOHead
+from sslkd.registry import STRATEGIES
+from sslkd.strategies.base import Centers, Member, StepInfo, Strategy, build_member_backbone, group_by_resolution
+
+
+@dataclass
+class DINOOptions:
+    out_dim: int = 65536
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    norm_last_layer: bool = True
+    momentum_teacher: float = 0.996
+    student_temp: float = 0.1
+    warmup_teacher_temp: float = 0.04
+    teacher_temp: float = 0.07
+    warmup_teacher_temp_epochs: float = 30
+    center_momentum: float = 0.9
+
+
+def teacher_temperature(step: StepInfo, warmup_epochs: float, start: float, end: float) -> float:
+    return linear_warmup_then_constant(step.step, step.epochs_to_steps(warmup_epochs), start, end)
+
+
+def dino_head(in_dim: int, options) -> DINOHead:
+    return DINOHead(in_dim, options.out_dim, options.hidden_dim, options.bottleneck_dim, norm_last_layer=options.norm_last_layer)
+
+
+@STRATEGIES.register("dino")
+class DINO(Strategy):
+    """Every member trains independently with DINO; a run with one member is the usual baseline."""
+
+    name = "dino"
+    Options = DINOOptions
+
+    def __init__(self, cfg, info):
+        super().__init__(cfg, info)
+        opts = self.options
+        for name, member_cfg in cfg.members.items():
+            def build(drop_path_rate: float, member_cfg=member_cfg) -> nn.ModuleDict:
+                backbone = build_member_backbone(member_cfg, drop_path_rate)
+                return nn.ModuleDict({"backbone": backbone, "dino": dino_head(backbone.num_features, opts)})
+
+            self.members[name] = Member(name, member_cfg, build, ema_teacher=True)
+        self.centers = Centers([f"{name}/dino" for name in self.members], opts.out_dim)
+
+    def forward(self, views, labels, indices, step):
+        opts = self.options
+        n_global = self.cfg.data.augment.n_global
+        tau_t = teacher_temperature(step, opts.warmup_teacher_temp_epochs, opts.warmup_teacher_temp, opts.teacher_temp)
+        groups = group_by_resolution(views)
+        global_batch = groups[0][2][: n_global * views[0].shape[0]]
+        losses: dict[str, torch.Tensor] = {}
+        for name, member in self.members.items():
+            student = member.student
+            student_logits = torch.cat([student["dino"](student["backbone"](batch)) for _, _, batch in groups])
+            with torch.no_grad():
+                teacher = member.teacher.module
+                teacher_logits = teacher["dino"](teacher["backbone"](global_batch))
+            losses[f"{name}/loss"] = dino_loss(
+                student_logits, teacher_logits, self.centers[f"{name}/dino"], len(views), n_global, opts.student_temp, tau_t
+            )
+            self.centers.update(f"{name}/dino", teacher_logits, opts.center_momentum)
+        losses["loss"] = sum(losses[f"{name}/loss"] for name in self.members)
+        return losses
+
+    def after_step(self, step):
+        self.update_teachers(step, self.options.momentum_teacher)

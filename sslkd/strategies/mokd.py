@@ -1,0 +1,191 @@
+"""MOKD: Multi-mode Online Knowledge Distillation (Bai et al., CVPR 2023), Algorithm 1.
+
+Each member i has a backbone, an MLP-Head (DINO head), a T-Head and an EMA teacher of all three. Its loss is
+
+    L_i = L_sm_i + L_st_i + lambda_i (L_cm_i + L_ct_i)                                          (Eq. 9)
+
+- L_sm (Eq. 2): DINO loss of the student MLP-Head against its own teacher (self-distillation);
+- L_st (Eq. 3): the same for the T-Head, with the T-Head teacher's own center;
+- L_cm (Eq. 5): the student MLP-Head against the *peer's* EMA teacher MLP-Head (centered with the peer's center);
+- L_ct (Eq. 7): the student T-Head against the peer teacher's T-Head output after cross-attention feature search
+  (Eq. 6): the student's query token (detached) is prepended to the peer teacher's T-Head tokens.
+
+lambda_i is ``members.<name>.distill_weight`` (Table 8: 1 for the larger model, 0.1 for the smaller).
+With M > 2 members the cross terms average over peers (the paper has M = 2).
+
+Options for paper/code differences (METHODS.md); the paper-reproduction configs set the code's choice:
+- ``feature_search: paper | code``: paper (Eq. 6-7): the query comes from the student's global view a, the peer
+  teacher's tokens from the other global view b, and the student output is t_a. code: the query comes from each
+  of the student's *local* crops, the peer teacher's tokens from its *first* global crop (repeated per local
+  crop), and the student output is its T-Head on that local crop.
+- ``self_warmup_teacher_temp_epochs``: per member, the teacher-temperature warm-up of its self terms (the code
+  uses 50 epochs for the CNN, 30 for everything else).
+- ``detach_search_query``: the code detaches the query token; the paper does not say.
+L_ct takes no centering, as in the code. The members' graphs are disjoint (targets are teachers or detached), so
+one backward of sum_i L_i equals the code's two backward passes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from sslkd.errors import UserError
+from sslkd.losses import dino_loss, feature_search_loss
+from sslkd.models.heads import THead
+from sslkd.registry import STRATEGIES
+from sslkd.strategies.base import Centers, Member, Strategy, build_member_backbone, group_by_resolution
+from sslkd.strategies.dino import DINOOptions, dino_head, teacher_temperature
+
+
+@dataclass
+class MOKDOptions(DINOOptions):
+    thead_dim: int | None = None
+    thead_depth: int = 3
+    thead_num_heads: int | None = None
+    thead_out_dim: int | None = None
+    feature_search: Literal["paper", "code"] = "paper"
+    detach_search_query: bool = True
+    self_warmup_teacher_temp_epochs: dict[str, float] = field(default_factory=dict)
+
+
+def token_grid(backbone: nn.Module, size: int) -> tuple[int, int]:
+    """The last-stage token grid of ``backbone`` for a square input of ``size`` pixels."""
+    was_training = backbone.training
+    backbone.eval()
+    with torch.no_grad():
+        _, _, grid = backbone.forward_tokens(torch.zeros(1, 3, size, size))
+    backbone.train(was_training)
+    return tuple(grid)
+
+
+@STRATEGIES.register("mokd")
+class MOKD(Strategy):
+    name = "mokd"
+    Options = MOKDOptions
+
+    def __init__(self, cfg, info):
+        super().__init__(cfg, info)
+        opts = self.options
+        if len(cfg.members) < 2:
+            raise UserError(f"mokd needs at least 2 members, the config has {len(cfg.members)}; add one under `members:`")
+        unknown = set(opts.self_warmup_teacher_temp_epochs) - set(cfg.members)
+        if unknown:
+            raise UserError(
+                f"strategy.self_warmup_teacher_temp_epochs names unknown members {sorted(unknown)}; members are {sorted(cfg.members)}"
+            )
+        if opts.feature_search == "code" and cfg.data.augment.n_local == 0:
+            raise UserError("strategy.feature_search=code searches from local crops: set data.augment.n_local > 0")
+        self.n_global = cfg.data.augment.n_global
+        if self.n_global != 2:
+            raise UserError(f"mokd crosses two global views (Eq. 2-7): set data.augment.n_global=2, not {self.n_global}")
+        global_size, _ = self.crop_sizes()
+        thead_dim = opts.thead_dim or self._default_thead_dim()
+        thead_heads = opts.thead_num_heads or max(1, thead_dim // 64)
+        thead_out = opts.thead_out_dim or opts.out_dim
+        for name, member_cfg in cfg.members.items():
+            def build(drop_path_rate: float, member_cfg=member_cfg) -> nn.ModuleDict:
+                backbone = build_member_backbone(member_cfg, drop_path_rate)
+                thead = THead(
+                    backbone.token_dim,
+                    dim=thead_dim,
+                    depth=opts.thead_depth,
+                    num_heads=thead_heads,
+                    out_dim=thead_out,
+                    grid=token_grid(backbone, global_size),
+                    drop_path_rate=drop_path_rate,
+                )
+                return nn.ModuleDict({"backbone": backbone, "dino": dino_head(backbone.num_features, opts), "thead": thead})
+
+            self.members[name] = Member(name, member_cfg, build, ema_teacher=True)
+        keys = [f"{name}/dino" for name in self.members]
+        self.centers = Centers(keys, opts.out_dim)
+        self.thead_centers = Centers([f"{name}/thead" for name in self.members], thead_out)
+
+    def _default_thead_dim(self) -> int:
+        """The T-Heads of all members must share a width (queries cross models): the first ViT's width, else 384."""
+        for member_cfg in self.cfg.members.values():
+            width = member_cfg.backbone_args.get("embed_dim")
+            if width is not None:
+                return int(width)
+        return 384
+
+    def forward(self, views, labels, indices, step):
+        opts = self.options
+        n_crops, batch = len(views), views[0].shape[0]
+        groups = group_by_resolution(views)
+        global_batch = groups[0][2][: 2 * batch]
+        tau_cross = teacher_temperature(step, opts.warmup_teacher_temp_epochs, opts.warmup_teacher_temp, opts.teacher_temp)
+
+        students, teachers = {}, {}
+        for name, member in self.members.items():
+            students[name] = self._student_outputs(member.student, groups)
+            with torch.no_grad():
+                teachers[name] = self._teacher_outputs(member.teacher.module, global_batch)
+
+        losses: dict[str, torch.Tensor] = {}
+        for name, member in self.members.items():
+            s = students[name]
+            t = teachers[name]
+            tau_self = teacher_temperature(
+                step,
+                opts.self_warmup_teacher_temp_epochs.get(name, opts.warmup_teacher_temp_epochs),
+                opts.warmup_teacher_temp,
+                opts.teacher_temp,
+            )
+            sm = dino_loss(s["mlp"], t["mlp"], self.centers[f"{name}/dino"], n_crops, 2, opts.student_temp, tau_self)
+            st = dino_loss(s["thead"], t["thead"], self.thead_centers[f"{name}/thead"], n_crops, 2, opts.student_temp, tau_self)
+            peers = [p for p in self.members if p != name]
+            cm = sum(
+                dino_loss(s["mlp"], teachers[p]["mlp"], self.centers[f"{p}/dino"], n_crops, 2, opts.student_temp, tau_cross)
+                for p in peers
+            ) / len(peers)
+            ct = sum(self._feature_search_term(member, s, self.members[p], teachers[p], batch, tau_cross) for p in peers) / len(peers)
+            weight = member.cfg.distill_weight
+            losses.update({f"{name}/sm": sm, f"{name}/st": st, f"{name}/cm": cm, f"{name}/ct": ct})
+            losses[f"{name}/loss"] = sm + st + weight * (cm + ct)
+
+        for name in self.members:
+            self.centers.update(f"{name}/dino", teachers[name]["mlp"], opts.center_momentum)
+            self.thead_centers.update(f"{name}/thead", teachers[name]["thead"], opts.center_momentum)
+        losses["loss"] = sum(losses[f"{name}/loss"] for name in self.members)
+        return losses
+
+    @staticmethod
+    def _student_outputs(student: nn.ModuleDict, groups) -> dict[str, torch.Tensor]:
+        """Both heads over every crop (one backbone pass per resolution) and the pooled features for queries."""
+        pooled, mlp, thead = [], [], []
+        for _, _, batch in groups:
+            feats, tokens, grid = student["backbone"].forward_tokens(batch)
+            pooled.append(feats)
+            mlp.append(student["dino"](feats))
+            thead.append(student["thead"](tokens, grid))
+        return {"pooled": torch.cat(pooled), "mlp": torch.cat(mlp), "thead": torch.cat(thead)}
+
+    @staticmethod
+    def _teacher_outputs(teacher: nn.ModuleDict, global_batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Teacher heads on the global crops; the embedded T-Head tokens are kept for the feature search."""
+        feats, tokens, grid = teacher["backbone"].forward_tokens(global_batch)
+        embedded = teacher["thead"].embed(tokens, grid)
+        return {"mlp": teacher["dino"](feats), "thead": teacher["thead"].head(embedded), "tokens": embedded}
+
+    def _feature_search_term(self, member: Member, s: dict, peer: Member, peer_teacher: dict, batch: int, tau: float):
+        """L_ct (Eq. 7) of ``member`` against ``peer``'s teacher T-Head after feature search (Eq. 6)."""
+        opts = self.options
+        tokens = peer_teacher["tokens"]
+        if opts.feature_search == "paper":
+            query_rows = slice(0, 2 * batch)
+            first, second = tokens[:batch], tokens[batch : 2 * batch]
+            tokens = torch.cat([second, first])
+        else:
+            query_rows = slice(2 * batch, None)
+            n_local = s["pooled"].shape[0] // batch - 2
+            tokens = tokens[:batch].repeat(n_local, 1, 1)
+        query = member.student["thead"].embed_query(s["pooled"][query_rows])
+        if opts.detach_search_query:
+            query = query.detach()
+        searched = peer.teacher.module["thead"].search(query, tokens)
+        return feature_search_loss(s["thead"][query_rows], searched, opts.student_temp, tau)

@@ -1,0 +1,134 @@
+"""Backbone interface: shapes, one-pass consistency, small-image stem, parameter counts and error messages."""
+
+import pytest
+import torch
+
+from sslkd.errors import UserError
+from sslkd.models.backbones import build_backbone, count_params_m
+from sslkd.registry import BACKBONES
+
+TINY_VIT = dict(img_size=32, patch_size=4, depth=2, embed_dim=48, num_heads=3)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def _check_interface(model, x, pooled_dim, token_shape, grid, n_blocks):
+    pooled, tokens, got_grid = model.forward_tokens(x)
+    assert pooled.shape == (x.shape[0], pooled_dim)
+    assert tokens.shape == (x.shape[0], *token_shape)
+    assert got_grid == grid
+    torch.testing.assert_close(model(x), pooled)
+    inter = model.forward_intermediates(x)
+    assert list(inter) == model.intermediate_names()
+    assert len(inter) == n_blocks
+    assert all(v.ndim == 2 and v.shape[0] == x.shape[0] for v in inter.values())
+    return inter
+
+
+def test_cifar_resnet20_interface():
+    model = build_backbone("cifar_resnet20").eval()
+    assert (model.kind, model.num_features, model.token_dim, model.patch_size) == ("cnn", 64, 64, None)
+    x = torch.randn(2, 3, 32, 32)
+    inter = _check_interface(model, x, 64, (64, 64), (8, 8), 9)
+    assert [v.shape[1] for v in inter.values()] == [16] * 3 + [32] * 3 + [64] * 3
+    torch.testing.assert_close(inter["stages.2.2"], model(x))
+
+
+def test_cifar_resnet_widths_override():
+    model = build_backbone("cifar_resnet20", widths=(8, 16, 32))
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 32)
+
+
+def test_wrn_16_2_interface():
+    model = build_backbone("wrn_16_2", dropout=0.1).eval()
+    assert (model.kind, model.num_features) == ("cnn", 128)
+    inter = _check_interface(model, torch.randn(2, 3, 32, 32), 128, (64, 128), (8, 8), 6)
+    assert [v.shape[1] for v in inter.values()] == [32, 32, 64, 64, 128, 128]
+
+
+@pytest.mark.parametrize("small_stem, grid", [(False, (1, 1)), (True, (4, 4))])
+def test_timm_resnet18_small_image_stem(small_stem, grid):
+    model = build_backbone("resnet18", small_image_stem=small_stem).eval()
+    assert model.kind == "cnn" and model.num_features == 512
+    conv1 = model.model.conv1
+    assert (conv1.kernel_size, conv1.stride) == (((3, 3), (1, 1)) if small_stem else ((7, 7), (2, 2)))
+    x = torch.randn(2, 3, 32, 32)
+    inter = _check_interface(model, x, 512, (grid[0] * grid[1], 512), grid, 8)
+    assert list(inter)[0] == "layer1.0"
+    torch.testing.assert_close(inter["layer4.1"], model(x))
+
+
+@pytest.mark.parametrize("size, grid", [(32, (8, 8)), (16, (4, 4))])
+def test_small_vit_any_crop_size(size, grid):
+    model = build_backbone("vit_tiny_patch16_224", **TINY_VIT).eval()
+    assert (model.kind, model.num_features, model.token_dim, model.patch_size) == ("vit", 48, 48, 4)
+    x = torch.randn(2, 3, size, size)
+    inter = _check_interface(model, x, 48, (grid[0] * grid[1], 48), grid, 2)
+    assert list(inter) == ["blocks.0", "blocks.1"]
+    torch.testing.assert_close(inter["blocks.1"], model(x))
+    only_first = model.forward_intermediates(x, names=["blocks.0"])
+    torch.testing.assert_close(only_first["blocks.0"], inter["blocks.0"])
+
+
+def test_vit_without_class_token_pools_patch_tokens():
+    model = build_backbone("vit_medium_patch16_gap_256", **TINY_VIT).eval()
+    x = torch.randn(2, 3, 32, 32)
+    pooled, tokens, _ = model.forward_tokens(x)
+    assert tokens.shape == (2, 64, 48)
+    torch.testing.assert_close(model.forward_intermediates(x)["blocks.1"], pooled)
+
+
+def test_unknown_intermediate_name():
+    model = build_backbone("cifar_resnet20")
+    with pytest.raises(UserError, match="stages.0.0"):
+        model.forward_intermediates(torch.randn(1, 3, 32, 32), names=["layer9"])
+
+
+def test_parameter_counts_match_literature():
+    assert count_params_m(build_backbone("cifar_resnet20")) == pytest.approx(0.27, rel=0.03)
+    assert count_params_m(build_backbone("wrn_16_2")) == pytest.approx(0.69, rel=0.03)
+
+
+def test_unknown_name_suggests_closest():
+    with pytest.raises(UserError, match="Did you mean 'resnet18'.*cifar_resnet20.*any timm model") as info:
+        build_backbone("resnet18x")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "name, overrides, pattern",
+    [
+        ("vit_tiny_patch16_224", {"not_an_arg": 1}, "'not_an_arg'"),
+        ("cifar_resnet20", {"dropout": 0.1}, "'dropout'"),
+        ("resnet18", {"pretrained": True}, "pretrained"),
+        ("vit_tiny_patch16_224", {**TINY_VIT, "embed_dim": 50}, "embed_dim"),
+    ],
+)
+def test_bad_override_is_user_error(name, overrides, pattern):
+    with pytest.raises(UserError, match=pattern):
+        build_backbone(name, **overrides)
+
+
+def test_small_image_stem_rejected_for_vit():
+    with pytest.raises(UserError, match="small_image_stem"):
+        build_backbone("vit_tiny_patch16_224", small_image_stem=True, **TINY_VIT)
+
+
+CIFAR_NAMES = ["cifar_resnet20", "cifar_resnet32", "cifar_resnet56", "cifar_resnet110"] + [
+    "wrn_10_2", "wrn_16_2", "wrn_28_2", "wrn_40_2", "wrn_28_4"
+]
+
+
+def test_cifar_backbones_registered():
+    assert set(CIFAR_NAMES) <= set(BACKBONES.names())
+
+
+@pytest.mark.parametrize("name", CIFAR_NAMES)
+def test_every_registered_cifar_backbone_runs(name):
+    model = build_backbone(name)
+    pooled, tokens, grid = model.forward_tokens(torch.randn(2, 3, 32, 32))
+    assert pooled.shape == (2, model.num_features) and tokens.shape == (2, 64, model.token_dim) and grid == (8, 8)
+    assert pooled.isfinite().all()

@@ -1,0 +1,203 @@
+"""Result records -> tables: statistics over seeds, MOKD Table 1 layout with paper numbers, renderers, errors."""
+
+import io
+import json
+import math
+
+import pandas as pd
+import pytest
+from rich.console import Console
+
+from sslkd.errors import UserError
+from sslkd.report import (
+    TABLES,
+    compare,
+    compare_table,
+    load_paper_numbers,
+    load_runs,
+    mokd_table1,
+    render,
+    rich_table,
+    runs_table,
+)
+
+CNN = {"backbone": "cifar_resnet20", "paper_name": "R50"}
+VIT = {"backbone": "vit_tiny4", "paper_name": "ViT-S"}
+
+DINO_CNN_KNN, DINO_CNN_LINEAR = [40.0, 41.0, 42.0], [50.0, 52.0, 54.0]
+DINO_VIT_KNN = [30.0, 32.0, 37.0]
+MOKD_CNN_KNN, MOKD_CNN_LINEAR = [42.5, 43.5, 44.5], [51.0, 51.0, 51.0]
+MOKD_VIT_KNN = [34.0, 35.0, 39.0]
+
+
+def write_run(run_dir, method, seed, members, epochs=30, dataset="cifar10_subset", tag=None, wall=600.0):
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("method: x\n")
+    summary = {"method": method, "dataset": dataset, "seed": seed, "epochs": epochs, "wall_time_s": wall,
+               "config_file": None, "tag": tag, "members": members,
+               "protocol": {"knn_k": 20, "knn_temperature": 0.07}}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    return run_dir
+
+
+def member(base, knn, linear=None):
+    return {**base, "params_m": 0.3, "knn_top1": knn, "knn": {"20": knn}, "linear_top1": linear}
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    """dino runs of two backbones x 3 seeds and mokd runs x 3 seeds, as a parent folder of run folders."""
+    root = tmp_path / "runs"
+    for seed in range(3):
+        write_run(root / f"dino_cnn_s{seed}", "dino", seed,
+                  {"student": member(CNN, DINO_CNN_KNN[seed], DINO_CNN_LINEAR[seed])})
+        write_run(root / f"dino_vit_s{seed}", "dino", seed, {"student": member(VIT, DINO_VIT_KNN[seed])})
+        write_run(root / "mokd" / f"s{seed}", "mokd", seed,
+                  {"cnn": member(CNN, MOKD_CNN_KNN[seed], MOKD_CNN_LINEAR[seed]),
+                   "vit": member(VIT, MOKD_VIT_KNN[seed])}, wall=1200.0)
+    return root
+
+
+def test_load_runs_one_row_per_member_searching_parents(sweep):
+    runs = load_runs([sweep, sweep / "mokd" / "s0"])
+    assert len(runs) == 3 + 3 + 3 * 2
+    assert list(runs.columns[:5]) == ["method", "dataset", "seed", "epochs", "member"]
+    mokd = runs[(runs.method == "mokd") & (runs.seed == 0)].sort_values("member_index")
+    assert list(mokd.member) == ["cnn", "vit"] and list(mokd.paper_name) == ["R50", "ViT-S"]
+    assert math.isnan(mokd.linear_top1.iloc[1])
+    assert runs.attrs["unfinished"] == []
+
+
+def test_missing_or_broken_summary_is_a_user_error(tmp_path):
+    unfinished = tmp_path / "run"
+    (unfinished / "checkpoints").mkdir(parents=True)
+    with pytest.raises(UserError, match="has no summary.json: is the run finished.*--resume .*run"):
+        load_runs([unfinished])
+    with pytest.raises(UserError, match="does not exist"):
+        load_runs([tmp_path / "nowhere"])
+    (unfinished / "summary.json").write_text("{not json")
+    with pytest.raises(UserError, match="no readable summary.json"):
+        load_runs([unfinished])
+    (unfinished / "summary.json").write_text(json.dumps({"method": "dino"}))
+    with pytest.raises(UserError, match="missing or empty: dataset, seed, epochs, members"):
+        load_runs([unfinished])
+
+
+def test_unfinished_runs_inside_a_parent_are_left_out_and_noted(sweep):
+    (sweep / "mokd" / "s3").mkdir()
+    (sweep / "mokd" / "s3" / "config.yaml").write_text("method: mokd\n")
+    table = compare_table([sweep])
+    assert any("not finished" in note and "s3" in note for note in table.attrs["notes"])
+
+
+def test_mokd_table1_means_stds_counts_and_changes(sweep):
+    table = mokd_table1(load_runs([sweep]))
+    ours, paper = table.iloc[0], table.iloc[1]
+    assert ours["Net1"] == "cifar_resnet20 (as R50)" and ours["Net2"] == "vit_tiny4 (as ViT-S)"
+    assert ours["Source"] == "ours: cifar10_subset, 30 ep"
+    # dino cnn 40/41/42; dino vit 30/32/37 -> std sqrt(13) = 3.606; mokd cnn 42.5/43.5/44.5; vit 34/35/39 -> sqrt(7)
+    assert ours["k-NN Indep. Net1"] == "41.0 +- 1.0 (3)"
+    assert ours["k-NN Indep. Net2"] == "33.0 +- 3.6 (3)"
+    assert ours["k-NN MOKD Net1"] == "43.5 +- 1.0 (3)"
+    assert ours["k-NN MOKD Net2"] == "36.0 +- 2.6 (3)"
+    assert ours["k-NN Δ Net1"] == "+2.5" and ours["k-NN Δ Net2"] == "+3.0"
+    assert ours["Linear Indep. Net1"] == "52.0 +- 2.0 (3)" and ours["Linear MOKD Net1"] == "51.0 +- 0.0 (3)"
+    assert ours["Linear Δ Net1"] == "-1.0"
+    assert ours["Linear Indep. Net2"] == ours["Linear MOKD Net2"] == ours["Linear Δ Net2"] == "n/a"
+    # the paper's ImageNet numbers for R50 / ViT-S follow ours
+    assert (paper["Net1"], paper["Net2"]) == ("R50", "ViT-S") and "paper: ImageNet" in paper["Source"]
+    assert [paper[f"k-NN {c}"] for c in ("Indep. Net1", "Indep. Net2", "MOKD Net1", "MOKD Net2", "Δ Net1",
+                                         "Δ Net2")] == ["62.8", "69.9", "67.1", "70.8", "+4.3", "+0.9"]
+    assert [paper[f"Linear {c}"] for c in ("Indep. Net1", "Indep. Net2", "MOKD Net1", "MOKD Net2", "Δ Net1",
+                                           "Δ Net2")] == ["72.1", "73.8", "74.1", "74.4", "+2.0", "+0.6"]
+    assert len(table) == 2
+
+
+def test_mokd_table1_member_order_epoch_fallback_and_single_seed(tmp_path):
+    write_run(tmp_path / "dino_vit", "dino", 0, {"student": member(VIT, 31.0)}, epochs=50)
+    write_run(tmp_path / "mokd", "mokd", 0, {"vit": member(VIT, 33.0), "cnn": member(CNN, 40.0)})
+    table = mokd_table1(load_runs([tmp_path]))
+    ours, paper = table.iloc[0], table.iloc[1]
+    assert ours["Net1"].startswith("vit_tiny4") and ours["k-NN MOKD Net1"] == "33.0 (1)"
+    assert ours["k-NN Indep. Net1"] == "31.0 (1) [50 ep]" and ours["k-NN Δ Net1"] == "+2.0"
+    assert ours["k-NN Indep. Net2"] == "n/a"
+    notes = " ".join(table.attrs["notes"])
+    assert "no 30-epoch dino run of vit_tiny4" in notes and "no dino run of cifar_resnet20" in notes
+    # the paper pair is R50-ViT-S: swapped into our member order
+    assert (paper["Net1"], paper["k-NN MOKD Net1"], paper["k-NN MOKD Net2"]) == ("ViT-S", "70.8", "67.1")
+
+
+def test_runs_table_and_auto_choice(sweep):
+    runs = load_runs([sweep])
+    table = runs_table(runs)
+    cnn = table[(table.Method == "mokd") & (table.Member == "cnn")].iloc[0]
+    assert cnn["k-NN top-1"] == "43.5 +- 1.0 (3)" and cnn["Seeds"] == "3" and cnn["Wall time (min)"] == "20.0"
+    assert list(compare_table([sweep]).columns) == list(mokd_table1(runs).columns)
+    only_dino = [sweep / "dino_cnn_s0", sweep / "dino_cnn_s1"]
+    assert list(compare_table(only_dino).columns) == list(table.columns)
+    with pytest.raises(UserError, match="no mokd runs"):
+        compare(only_dino, table="mokd_table1")
+
+
+def test_unknown_table_or_format_is_a_user_error(sweep):
+    with pytest.raises(UserError, match="unknown table 'mokd_tabel1'.*Known: mokd_table1, runs, or auto"):
+        compare([sweep], table="mokd_tabel1")
+    with pytest.raises(UserError, match="unknown format 'html'"):
+        compare([sweep], fmt="html")
+    assert "mokd_table1" in TABLES and "runs" in TABLES
+
+
+def test_render_md_csv_latex_and_rich(sweep):
+    table = compare_table([sweep])
+    md = compare([sweep], fmt="md")
+    assert "| Net1 | Net2 | Source | k-NN Indep. Net1 |" in md
+    assert "| cifar_resnet20 (as R50) | vit_tiny4 (as ViT-S) | ours: cifar10_subset, 30 ep | 41.0 +- 1.0 (3) |" in md
+    assert "- paper rows are ImageNet numbers" in md
+    back = pd.read_csv(io.StringIO(render(table, "csv")), dtype=str, keep_default_na=False)
+    assert back.equals(table.astype(str))
+    latex = render(table, "latex")
+    assert r"\begin{tabular}" in latex and r"\bottomrule" in latex
+    assert r"cifar\_resnet20 (as R50)" in latex and r"41.0 $\pm$ 1.0 (3)" in latex and r"$\Delta$" in latex
+    assert latex.count(r" \\") == len(table) + 1
+    shown = rich_table(table, "MOKD")
+    assert shown.row_count == 2 and len(shown.columns) == len(table.columns)
+    console = Console(file=io.StringIO(), width=400)
+    console.print(shown)
+    assert "62.8" in console.file.getvalue()
+
+
+def test_paper_numbers_transcribed():
+    t1 = load_paper_numbers("mokd_table1")
+    assert list(t1.columns) == ["net1", "net2", "protocol", "setting", "member", "top1"] and len(t1) == 12 * 8
+
+    def value(net1, net2, protocol, setting, member):
+        hit = t1[(t1.net1 == net1) & (t1.net2 == net2) & (t1.protocol == protocol) & (t1.setting == setting)
+                 & (t1.member == member)]
+        return hit.top1.item()
+
+    assert [value("R50", "ViT-S", "knn", s, m) for s in ("independent", "mokd") for m in ("net1", "net2")] == [
+        62.8, 69.9, 67.1, 70.8]
+    assert value("R50", "ViT-B", "linear", "mokd", "net1") == 75.6
+    # an Independent number belongs to a backbone: the same wherever the backbone appears
+    indep = t1[t1.setting == "independent"].assign(backbone=lambda d: d.net1.where(d.member == "net1", d.net2))
+    assert indep.groupby(["protocol", "backbone"]).top1.nunique().eq(1).all()
+
+    t2 = load_paper_numbers("mokd_table2")
+    assert list(t2.columns) == ["method", "backbone", "batch_size", "epochs", "knn", "linear"] and len(t2) == 29
+    simclr = t2[(t2.method == "SimCLR") & (t2.backbone == "R50")].iloc[0]
+    assert math.isnan(simclr.knn) and simclr.linear == 69.3
+    mokd_t2 = t2[t2.method.str.startswith("MOKD") & (t2.epochs == 100)]
+    for row in mokd_t2.itertuples():
+        pair = row.method.split("(")[1].rstrip(")").split("-", 1)
+        net = "net1" if row.backbone == pair[0] else "net2"
+        assert (row.knn, row.linear) == (value(*pair, "knn", "mokd", net), value(*pair, "linear", "mokd", net))
+
+    t3 = load_paper_numbers("mokd_table3")
+    assert list(t3.columns) == ["method", "pair", "member", "backbone", "linear"] and len(t3) == 6 * 8
+    mokd_t3 = t3[(t3.method == "MOKD") & (t3.pair == "R50-R34")]
+    assert list(mokd_t3.linear) == [72.3, 67.0] and list(mokd_t3.member) == ["net1", "net2"]
+    for row in t3[t3.method == "MOKD"].itertuples():
+        assert row.linear == value(*row.pair.split("-"), "linear", "mokd", row.member)
+    assert t3[(t3.method == "ReKD") & (t3.pair == "R50-R34")].linear.isna().all()
+    with pytest.raises(UserError, match="unknown paper table 'mokd_table9'. Known: mokd_table1"):
+        load_paper_numbers("mokd_table9")
