@@ -36,10 +36,13 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
+    """``train_subset``: train on a fixed random subset of this many images (quick runs; k-NN still uses all)."""
+
     name: str = "digits"
     root: str | None = None
     image_size: int | None = None
     num_workers: int = 2
+    train_subset: int | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 

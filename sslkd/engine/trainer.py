@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from sslkd.config import Config, save_config, to_dict
 from sslkd.data import build_dataset
@@ -47,18 +47,28 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def fixed_subset(dataset: Dataset, size: int, seed: int) -> Dataset:
+    if not 0 < size <= len(dataset):
+        raise UserError(f"data.train_subset={size} must be between 1 and the {len(dataset)} training images")
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+    return Subset(dataset, order[:size].tolist())
+
+
 class Trainer:
     """Builds the data, the strategy and one optimiser per member from a config, then runs or resumes training."""
 
-    def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False, console: Console | None = None):
+    def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False, console: Console | None = None,
+                 train_set: Dataset | None = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.console = console or Console(stderr=True)
         self.device = pick_device(cfg.train.device)
         seed_everything(cfg.train.seed + dist.rank())
 
-        train_set = build_dataset(cfg.data.name, cfg.data.root, "train")
+        train_set = train_set if train_set is not None else build_dataset(cfg.data.name, cfg.data.root, "train")
         self.info = train_set.info
+        if cfg.data.train_subset is not None:
+            train_set = fixed_subset(train_set, cfg.data.train_subset, cfg.train.seed)
         self.strategy: Strategy = STRATEGIES.get(cfg.method)(cfg, self.info).to(self.device)
         for member in self.strategy.members.values():
             member.cfg.optimizer = resolve_optim(member.cfg.optimizer, member.kind)
@@ -98,7 +108,7 @@ class Trainer:
             (self.run_dir / "metrics.jsonl").write_text("")
 
     # ----------------------------------------------------------------------------------------------- schedules
-    def _set_schedules(self, info: StepInfo) -> dict[str, float]:
+    def set_schedules(self, info: StepInfo) -> dict[str, float]:
         """lr (warm-up + cosine) and weight decay (cosine) of every member at this global step."""
         lrs = {}
         batch_scale = self.cfg.train.batch_size * dist.world_size() / 256.0
@@ -117,7 +127,7 @@ class Trainer:
         return lrs
 
     # ----------------------------------------------------------------------------------------------- one step
-    def _train_step(self, views, labels, indices, info: StepInfo) -> dict[str, torch.Tensor]:
+    def train_step(self, views, labels, indices, info: StepInfo) -> dict[str, torch.Tensor]:
         views = [v.to(self.device, non_blocking=True) for v in views]
         labels = labels.to(self.device, non_blocking=True)
         indices = indices.to(self.device, non_blocking=True)
@@ -156,8 +166,8 @@ class Trainer:
                 epoch_start = tick
                 for views, labels, indices in self.loader:
                     info = StepInfo(self.step, epoch, self.steps_per_epoch, self.total_steps)
-                    lrs = self._set_schedules(info)
-                    losses = self._train_step(views, labels, indices, info)
+                    lrs = self.set_schedules(info)
+                    losses = self.train_step(views, labels, indices, info)
                     self.step += 1
                     if self.step % cfg.train.log_every == 0 or self.step % self.steps_per_epoch == 0:
                         now = time.perf_counter()

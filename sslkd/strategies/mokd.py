@@ -10,7 +10,9 @@ Each member i has a backbone, an MLP-Head (DINO head), a T-Head and an EMA teach
 - L_ct (Eq. 7): the student T-Head against the peer teacher's T-Head output after cross-attention feature search
   (Eq. 6): the student's query token (detached) is prepended to the peer teacher's T-Head tokens.
 
-lambda_i is ``members.<name>.distill_weight`` (Table 8: 1 for the larger model, 0.1 for the smaller).
+lambda_i is ``members.<name>.distill_weight`` (Sec. 4.5: 1 and 0.1 for the larger and smaller model; Table 8's
+best R50/ViT-S setting is 0.1 for R50 and 1 for ViT-S). All T-Heads share one width ``thead_dim`` (ViT-S blocks:
+384, 6 heads), since a query token crosses from one model's head into the other's.
 With M > 2 members the cross terms average over peers (the paper has M = 2).
 
 Options for paper/code differences (METHODS.md); the paper-reproduction configs set the code's choice:
@@ -43,9 +45,9 @@ from sslkd.strategies.dino import DINOOptions, dino_head, teacher_temperature
 
 @dataclass
 class MOKDOptions(DINOOptions):
-    thead_dim: int | None = None
+    thead_dim: int = 384
     thead_depth: int = 3
-    thead_num_heads: int | None = None
+    thead_num_heads: int = 6
     thead_out_dim: int | None = None
     feature_search: Literal["paper", "code"] = "paper"
     detach_search_query: bool = True
@@ -83,17 +85,15 @@ class MOKD(Strategy):
         if self.n_global != 2:
             raise UserError(f"mokd crosses two global views (Eq. 2-7): set data.augment.n_global=2, not {self.n_global}")
         global_size, _ = self.crop_sizes()
-        thead_dim = opts.thead_dim or self._default_thead_dim()
-        thead_heads = opts.thead_num_heads or max(1, thead_dim // 64)
         thead_out = opts.thead_out_dim or opts.out_dim
         for name, member_cfg in cfg.members.items():
             def build(drop_path_rate: float, member_cfg=member_cfg) -> nn.ModuleDict:
                 backbone = build_member_backbone(member_cfg, drop_path_rate)
                 thead = THead(
                     backbone.token_dim,
-                    dim=thead_dim,
+                    dim=opts.thead_dim,
                     depth=opts.thead_depth,
-                    num_heads=thead_heads,
+                    num_heads=opts.thead_num_heads,
                     out_dim=thead_out,
                     grid=token_grid(backbone, global_size),
                     drop_path_rate=drop_path_rate,
@@ -104,14 +104,6 @@ class MOKD(Strategy):
         keys = [f"{name}/dino" for name in self.members]
         self.centers = Centers(keys, opts.out_dim)
         self.thead_centers = Centers([f"{name}/thead" for name in self.members], thead_out)
-
-    def _default_thead_dim(self) -> int:
-        """The T-Heads of all members must share a width (queries cross models): the first ViT's width, else 384."""
-        for member_cfg in self.cfg.members.values():
-            width = member_cfg.backbone_args.get("embed_dim")
-            if width is not None:
-                return int(width)
-        return 384
 
     def forward(self, views, labels, indices, step):
         opts = self.options
@@ -153,6 +145,9 @@ class MOKD(Strategy):
             self.thead_centers.update(f"{name}/thead", teachers[name]["thead"], opts.center_momentum)
         losses["loss"] = sum(losses[f"{name}/loss"] for name in self.members)
         return losses
+
+    def after_step(self, step):
+        self.update_teachers(step, self.options.momentum_teacher)
 
     @staticmethod
     def _student_outputs(student: nn.ModuleDict, groups) -> dict[str, torch.Tensor]:

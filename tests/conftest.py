@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny configs so end-to-end tests take seconds on 2 CPU cores."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sslkd.registry import load_plugins
+
+load_plugins()
+torch.set_num_threads(1)
+
+TINY_VIT = {"img_size": 32, "patch_size": 8, "depth": 1, "embed_dim": 24, "num_heads": 2}
+
+
+def tiny_overrides(method: str = "mokd", epochs: int = 1) -> list[str]:
+    """Overrides that shrink a method's default config to a few steps of tiny models on 64 digits."""
+    overrides = [
+        f"train.epochs={epochs}",
+        "train.batch_size=16",
+        "train.log_every=1",
+        "data.train_subset=64",
+        "data.num_workers=0",
+        "data.augment.n_local=2",
+        "eval.knn_k=[5]",
+        "strategy.out_dim=32",
+        "strategy.hidden_dim=16",
+        "strategy.bottleneck_dim=8",
+        "members.cnn.backbone_args={widths: [4, 8, 8]}",
+        "members.cnn.optimizer.warmup_epochs=0.5",
+    ]
+    if method == "mokd":
+        overrides += [
+            f"members.vit.backbone_args={TINY_VIT}".replace("'", ""),
+            "members.vit.optimizer.warmup_epochs=0.5",
+            "strategy.thead_dim=24",
+            "strategy.thead_depth=1",
+            "strategy.thead_num_heads=2",
+        ]
+    return overrides
+
+
+@pytest.fixture
+def tiny_cfg():
+    from sslkd.config import load_config
+
+    def make(method: str = "mokd", extra: list[str] | None = None, epochs: int = 1):
+        return load_config(method, None, tiny_overrides(method, epochs) + (extra or []))
+
+    return make

@@ -1,0 +1,151 @@
+"""MOKD and DINO strategies: each term is wired to the right student and teacher, gradients reach exactly the
+intended parameters, EMA teachers never receive gradients."""
+
+import pytest
+import torch
+
+from sslkd.data import DatasetInfo
+from sslkd.losses import dino_loss, feature_search_loss
+from sslkd.registry import STRATEGIES
+from sslkd.strategies.base import StepInfo
+
+INFO = DatasetInfo("fake", 10, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), tuple(str(i) for i in range(10)))
+STEP = StepInfo(step=3, epoch=0, steps_per_epoch=10, total_steps=100)
+
+
+def build(tiny_cfg, method="mokd", extra=()):
+    torch.manual_seed(0)
+    cfg = tiny_cfg(method, list(extra))
+    return STRATEGIES.get(method)(cfg, INFO).train()
+
+
+def views(batch=3, n_local=2):
+    torch.manual_seed(1)
+    return [torch.randn(batch, 3, 32, 32) for _ in range(2)] + [torch.randn(batch, 3, 16, 16) for _ in range(n_local)]
+
+
+def student_grads(member):
+    return {n: p.grad for n, p in member.student.named_parameters() if p.requires_grad}
+
+
+def has_grad(grad):
+    return grad is not None and grad.abs().sum() > 0
+
+
+def test_loss_terms_are_the_paper_terms(tiny_cfg):
+    """Recompute each term of member `cnn` from the module outputs and compare with the strategy's value."""
+    strategy = build(tiny_cfg)
+    v = views()
+    centers_before = {k: strategy.centers[k].clone() for k in ("cnn/dino", "vit/dino")}
+    thead_centers_before = {k: strategy.thead_centers[k].clone() for k in ("cnn/thead", "vit/thead")}
+    losses = strategy(v, None, None, STEP)
+    opts = strategy.options
+    cnn, vit = strategy.members["cnn"], strategy.members["vit"]
+    tau = opts.warmup_teacher_temp + (opts.teacher_temp - opts.warmup_teacher_temp) * STEP.step / STEP.epochs_to_steps(
+        opts.warmup_teacher_temp_epochs
+    )
+    with torch.no_grad():
+        def heads(module, crops):
+            pooled, tokens = [], []
+            mlp, thead = [], []
+            for crop in crops:
+                f, t, g = module["backbone"].forward_tokens(crop)
+                pooled.append(f)
+                mlp.append(module["dino"](f))
+                thead.append(module["thead"](t, g))
+            return torch.cat(pooled), torch.cat(mlp), torch.cat(thead)
+
+        s_pooled, s_mlp, s_thead = heads(cnn.student, [torch.cat(v[:2]), torch.cat(v[2:])])
+        _, t_mlp, t_thead = heads(cnn.teacher.module, [torch.cat(v[:2])])
+        _, p_mlp, _ = heads(vit.teacher.module, [torch.cat(v[:2])])
+        sm = dino_loss(s_mlp, t_mlp, centers_before["cnn/dino"], 4, 2, 0.1, tau)
+        st = dino_loss(s_thead, t_thead, thead_centers_before["cnn/thead"], 4, 2, 0.1, tau)
+        cm = dino_loss(s_mlp, p_mlp, centers_before["vit/dino"], 4, 2, 0.1, tau)
+        # paper feature search (Eq. 6): query from view a searches the peer teacher's tokens of view b, and back
+        peer = vit.teacher.module
+        f, tok, grid = peer["backbone"].forward_tokens(torch.cat(v[:2]))
+        x = peer["thead"].embed(tok, grid)
+        query = cnn.student["thead"].embed_query(s_pooled[:6])
+        searched = peer["thead"].search(query, torch.cat([x[3:], x[:3]]))
+        ct = feature_search_loss(s_thead[:6], searched, 0.1, tau)
+    for name, expected in {"sm": sm, "st": st, "cm": cm, "ct": ct}.items():
+        assert losses[f"cnn/{name}"].item() == pytest.approx(expected.item(), rel=1e-4), name
+    weight = cnn.cfg.distill_weight
+    assert losses["cnn/loss"].item() == pytest.approx((sm + st + weight * (cm + ct)).item(), rel=1e-4)
+    assert losses["loss"].item() == pytest.approx(losses["cnn/loss"].item() + losses["vit/loss"].item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("search", ["paper", "code"])
+def test_cross_terms_never_move_the_peer_or_a_teacher(tiny_cfg, search):
+    strategy = build(tiny_cfg, extra=[f"strategy.feature_search={search}", "strategy.detach_search_query=false"])
+    losses = strategy(views(), None, None, STEP)
+    cnn, vit = strategy.members["cnn"], strategy.members["vit"]
+    (losses["cnn/cm"] + losses["cnn/ct"]).backward()
+    assert not any(has_grad(g) for g in student_grads(vit).values()), "a cross term moved the peer student"
+    for member in (cnn, vit):
+        assert all(p.grad is None for p in member.teacher.parameters()), "a teacher received gradients"
+    grads = student_grads(cnn)
+    assert any(has_grad(g) for n, g in grads.items() if n.startswith("backbone."))
+    assert any(has_grad(g) for n, g in grads.items() if n.startswith("dino."))
+    assert any(has_grad(g) for n, g in grads.items() if n.startswith("thead."))
+
+
+def test_search_term_moves_only_the_t_head_path(tiny_cfg):
+    """L_ct: the student's T-Head (and the backbone under it) learn; the MLP-Head does not; the query is detached."""
+    strategy = build(tiny_cfg)
+    losses = strategy(views(), None, None, STEP)
+    losses["cnn/ct"].backward()
+    grads = student_grads(strategy.members["cnn"])
+    assert not any(has_grad(g) for n, g in grads.items() if n.startswith("dino."))
+    assert any(has_grad(g) for n, g in grads.items() if n.startswith("thead.blocks"))
+
+
+def test_full_loss_never_reaches_teachers_and_frozen_gain(tiny_cfg):
+    strategy = build(tiny_cfg)
+    strategy(views(), None, None, STEP)["loss"].backward()
+    for member in strategy.members.values():
+        assert all(p.grad is None for p in member.teacher.parameters())
+        gain = member.student["dino"].last_layer.parametrizations.weight.original0
+        assert gain.grad is None and not gain.requires_grad  # norm_last_layer: gain fixed at 1
+        assert member.student["thead"].last_layer.parametrizations.weight.original0.requires_grad  # T-Head gain trains
+
+
+def test_centers_update_after_the_step(tiny_cfg):
+    strategy = build(tiny_cfg)
+    strategy(views(), None, None, STEP)
+    for key in ("cnn/dino", "vit/dino"):
+        assert strategy.centers[key].abs().sum() > 0
+    for key in ("cnn/thead", "vit/thead"):
+        assert strategy.thead_centers[key].abs().sum() > 0
+
+
+def test_ema_teacher_moves_towards_student(tiny_cfg):
+    strategy = build(tiny_cfg)
+    member = strategy.members["cnn"]
+    with torch.no_grad():
+        for p in member.student.parameters():
+            p.add_(1.0)
+    teacher_before = [p.clone() for p in member.teacher.parameters()]
+    student = list(member.student.parameters())
+    strategy.after_step(StepInfo(0, 0, 10, 100))  # momentum 0.996 at step 0
+    for before, after, s in zip(teacher_before, member.teacher.parameters(), student):
+        torch.testing.assert_close(after, 0.996 * before + 0.004 * s)
+
+
+def test_three_members_and_code_search(tiny_cfg):
+    extra = [
+        "members.vit2={backbone: vit_tiny_patch16_224, backbone_args: {img_size: 32, patch_size: 8, depth: 1, embed_dim: 24, num_heads: 2}}",
+        "strategy.feature_search=code",
+    ]
+    strategy = build(tiny_cfg, extra=extra)
+    losses = strategy(views(), None, None, STEP)
+    assert {"cnn/ct", "vit/ct", "vit2/ct"} <= set(losses)
+    assert torch.isfinite(losses["loss"])
+
+
+def test_dino_baseline_members_train_independently(tiny_cfg):
+    strategy = build(tiny_cfg, "dino", extra=["members.cnn2={backbone: cifar_resnet20, backbone_args: {widths: [4, 8, 8]}}"])
+    losses = strategy(views(), None, None, STEP)
+    losses["cnn/loss"].backward()
+    assert not any(has_grad(g) for g in student_grads(strategy.members["cnn2"]).values())
+    assert all(p.grad is None for p in strategy.members["cnn"].teacher.parameters())

@@ -1,0 +1,70 @@
+"""End to end: a run leaves its files; a stopped and resumed run equals an uninterrupted one; k-NN of a checkpoint."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from sslkd.cli import main
+from sslkd.engine.trainer import Trainer
+from conftest import tiny_overrides
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_mokd_run_leaves_config_metrics_checkpoint_summary(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--method", "mokd", "--output-dir", str(run), *tiny_overrides("mokd")]) == 0
+    assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.pt").is_file()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss", "cnn/sm", "cnn/st", "cnn/cm", "cnn/ct", "lr/cnn", "lr/vit", "images_per_s"} <= set(records[0])
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["method"] == "mokd" and summary["dataset"] == "digits" and summary["epochs"] == 1
+    for name in ("cnn", "vit"):
+        assert 0 <= summary["members"][name]["knn_top1"] <= 100
+    assert summary["protocol"]["knn_k"] == 20 and summary["protocol"]["n_test"] == 360
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path, tiny_cfg):
+    straight = Trainer(tiny_cfg("mokd", epochs=2), tmp_path / "straight")
+    straight.fit()
+    interrupted = Trainer(tiny_cfg("mokd", epochs=2), tmp_path / "resumed")
+    assert interrupted.fit(stop_at_epoch=1) is None
+    resumed = Trainer(tiny_cfg("mokd", epochs=2), tmp_path / "resumed", resume=True)
+    assert resumed.epoch == 1
+    resumed.fit()
+    a, b = straight.strategy.state_dict(), resumed.strategy.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+    def losses(run):
+        records = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k != "images_per_s"} for r in records]
+
+    assert losses("straight") == losses("resumed")
+
+
+def test_teachers_follow_students_during_training(tmp_path, tiny_cfg):
+    trainer = Trainer(tiny_cfg("mokd"), tmp_path / "run")
+    start = {n: p.clone() for n, p in trainer.strategy.members["cnn"].teacher.named_parameters()}
+    trainer.fit(stop_at_epoch=1)
+    moved = [not torch.equal(start[n], p) for n, p in trainer.strategy.members["cnn"].teacher.named_parameters()]
+    assert any(moved)
+
+
+def test_knn_eval_of_checkpoint_cli_and_tool(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--method", "dino", "--output-dir", str(run), *tiny_overrides("dino")]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    capsys.readouterr()
+    assert main(["eval", "knn", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["cnn"]["knn_top1"] == summary["members"]["cnn"]["knn_top1"]
+    tool = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "knn_eval.py"), "--checkpoint", str(run / "checkpoints" / "last.pt"), "--member", "cnn"],
+        capture_output=True, text=True, check=True,
+    )
+    assert f"{summary['members']['cnn']['knn_top1']:.2f}" in tool.stdout
