@@ -1,4 +1,4 @@
-"""Command line: ``sslkd train | eval | compare | list`` (also ``python -m sslkd``).
+"""Command line: ``sslkd train | eval | compare | export | list`` (also ``python -m sslkd``).
 
 Every mistake a user can make ends with one line on stderr naming the problem and the fix, and exit status 2.
 """
@@ -38,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--table", default="auto", help="table layout (auto, mokd_table1, runs, ...)")
     compare.add_argument("--format", default="md", choices=["md", "csv", "latex"], help="output format")
     compare.add_argument("--output", help="also write the table to this file")
+
+    export = commands.add_parser("export", help="write one member's backbone as safetensors, loadable by timm")
+    export.add_argument("--checkpoint", required=True, help="a checkpoints/last.pt written by sslkd train")
+    export.add_argument("--member", help="the member to export (required when there are several)")
+    export.add_argument("--out", required=True, help="output file, e.g. vit.safetensors")
 
     commands.add_parser("list", help="list registered strategies, backbones, heads and data sets")
     return parser
@@ -128,6 +133,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from sslkd.engine.export import export_backbone
+
+    print(export_backbone(args.checkpoint, args.member, args.out))
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from sslkd.registry import BACKBONES, DATASETS, HEADS, STRATEGIES
 
@@ -138,7 +150,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "compare": cmd_compare, "list": cmd_list}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "compare": cmd_compare, "export": cmd_export, "list": cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:

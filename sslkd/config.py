@@ -78,6 +78,9 @@ class MemberConfig:
 
 @dataclass
 class TrainConfig:
+    """``on_nonfinite``: a NaN/Inf loss stops the run (the last checkpoint is kept), or the step is skipped and
+    counted in metrics.jsonl (``skipped_steps``)."""
+
     epochs: int = 100
     batch_size: int = 64
     seed: int = 0
@@ -85,6 +88,7 @@ class TrainConfig:
     amp: bool = True
     log_every: int = 10
     checkpoint_every: int = 1
+    on_nonfinite: Literal["stop", "skip"] = "stop"
 
 
 @dataclass

@@ -68,3 +68,39 @@ def test_knn_eval_of_checkpoint_cli_and_tool(tmp_path, capsys):
         capture_output=True, text=True, check=True,
     )
     assert f"{summary['members']['cnn']['knn_top1']:.2f}" in tool.stdout
+
+
+def inject_nan(trainer, at_step):
+    forward = trainer.strategy.forward
+
+    def poisoned(views, labels, indices, step):
+        losses = forward(views, labels, indices, step)
+        if step.step == at_step:
+            losses["cnn/sm"] = losses["cnn/sm"] * float("nan")
+            losses["loss"] = losses["loss"] + losses["cnn/sm"]
+        return losses
+
+    trainer.strategy.forward = poisoned
+
+
+def test_nonfinite_loss_stops_naming_step_and_term_and_keeps_checkpoint(tmp_path, tiny_cfg):
+    import pytest
+
+    from sslkd.errors import UserError
+
+    trainer = Trainer(tiny_cfg("mokd", epochs=2), tmp_path / "run")
+    inject_nan(trainer, at_step=trainer.steps_per_epoch + 1)
+    with pytest.raises(UserError, match=rf"step {trainer.steps_per_epoch + 1} \(epoch 1\) in cnn/sm"):
+        trainer.fit()
+    kept = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert kept["epoch"] == 1 and kept["step"] == trainer.steps_per_epoch
+
+
+def test_nonfinite_loss_can_skip_the_step(tmp_path, tiny_cfg):
+    trainer = Trainer(tiny_cfg("mokd", ["train.on_nonfinite=skip"]), tmp_path / "run")
+    inject_nan(trainer, at_step=1)
+    summary = trainer.fit()
+    assert summary["skipped_steps"] == 1
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    skipped = [r for r in records if "skipped_steps" in r]
+    assert skipped == [{"step": 2, "epoch": 0, "skipped_steps": 1, "nonfinite_terms": ["cnn/sm"]}]

@@ -100,6 +100,7 @@ class Trainer:
         self.epoch = 0
         self.step = 0
         self.wall_time = 0.0
+        self.skipped_steps = 0
         if resume:
             self._restore(load_checkpoint(self.run_dir / CHECKPOINT, cfg.method))
         elif dist.is_main_process():
@@ -127,12 +128,15 @@ class Trainer:
         return lrs
 
     # ----------------------------------------------------------------------------------------------- one step
-    def train_step(self, views, labels, indices, info: StepInfo) -> dict[str, torch.Tensor]:
+    def train_step(self, views, labels, indices, info: StepInfo) -> dict[str, torch.Tensor] | None:
+        """One optimisation step; returns the losses, or None when a non-finite loss made it skip the step."""
         views = [v.to(self.device, non_blocking=True) for v in views]
         labels = labels.to(self.device, non_blocking=True)
         indices = indices.to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
             losses = self.strategy(views, labels, indices, info)
+        if not bool(torch.isfinite(losses["loss"])):
+            return self._non_finite(losses, info)
         for optimizer in self.optimizers.values():
             optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["loss"]).backward()
@@ -150,6 +154,20 @@ class Trainer:
         self.scaler.update()
         self.strategy.after_step(info)
         return losses
+
+    def _non_finite(self, losses: dict[str, torch.Tensor], info: StepInfo) -> None:
+        """Name the step and the loss terms that are NaN/Inf; stop (keeping the last checkpoint) or skip."""
+        bad = [name for name, value in losses.items() if name != "loss" and not bool(torch.isfinite(value))]
+        if self.cfg.train.on_nonfinite == "skip":
+            self.skipped_steps += 1
+            self._write_metrics({"step": info.step + 1, "epoch": info.epoch, "skipped_steps": self.skipped_steps,
+                                 "nonfinite_terms": bad})
+            return None
+        raise UserError(
+            f"loss is not finite at step {info.step} (epoch {info.epoch}) in {', '.join(bad) or 'loss'}; the last good "
+            f"checkpoint {self.run_dir / CHECKPOINT} is kept: lower the learning rate, or set train.on_nonfinite=skip, "
+            f"then resume with sslkd train --resume {self.run_dir}"
+        )
 
     # ----------------------------------------------------------------------------------------------- loop
     def fit(self, stop_at_epoch: int | None = None) -> dict | None:
@@ -169,7 +187,8 @@ class Trainer:
                     lrs = self.set_schedules(info)
                     losses = self.train_step(views, labels, indices, info)
                     self.step += 1
-                    if self.step % cfg.train.log_every == 0 or self.step % self.steps_per_epoch == 0:
+                    logging_step = self.step % cfg.train.log_every == 0 or self.step % self.steps_per_epoch == 0
+                    if losses is not None and logging_step:
                         now = time.perf_counter()
                         images_per_s = (self.step - tick_step) * cfg.train.batch_size * dist.world_size() / (now - tick)
                         record = self._log_step(epoch, losses, lrs, images_per_s)
@@ -206,12 +225,6 @@ class Trainer:
         record = {"step": self.step, "epoch": epoch, **dict(zip(names, values))}
         record.update({f"lr/{name}": lr for name, lr in lrs.items()})
         record["images_per_s"] = images_per_s
-        if not all(np.isfinite(values)):
-            bad = [n for n, v in zip(names, values) if not np.isfinite(v)]
-            raise UserError(
-                f"loss became non-finite at step {self.step} ({', '.join(bad)}); the last good checkpoint is "
-                f"{self.run_dir / CHECKPOINT}: lower the learning rate or enable clipping, then resume"
-            )
         self._write_metrics(record)
         if not self.console.is_terminal and dist.is_main_process():
             self.console.print(f"step {self.step}/{self.total_steps} {self._short(record)}", highlight=False)
@@ -242,6 +255,7 @@ class Trainer:
                 "epoch": self.epoch,
                 "step": self.step,
                 "wall_time_s": self.wall_time,
+                "skipped_steps": self.skipped_steps,
                 "strategy": self.strategy.state_dict(),
                 "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
                 "scaler": self.scaler.state_dict(),
@@ -262,6 +276,7 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         self.epoch, self.step, self.wall_time = state["epoch"], state["step"], state["wall_time_s"]
+        self.skipped_steps = state["skipped_steps"]
         metrics = self.run_dir / "metrics.jsonl"
         if metrics.exists() and dist.is_main_process():
             kept = [line for line in metrics.read_text().splitlines() if line and json.loads(line)["step"] <= self.step]
@@ -278,6 +293,7 @@ class Trainer:
             return None
         self._write_metrics({"epoch": self.epoch, "step": self.step, **{f"knn/{n}": r["knn_top1"] for n, r in results.items()}})
         summary = build_summary(self.cfg, self.strategy, results, self.wall_time)
+        summary["skipped_steps"] = self.skipped_steps
         atomic_write(self.run_dir / "summary.json", lambda handle: handle.write(json.dumps(summary, indent=2).encode()))
         return summary
 

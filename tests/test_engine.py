@@ -1,0 +1,94 @@
+"""Trainer parts: schedules, optimiser defaults, per-parameter clipping, deterministic views, atomic writes."""
+
+import pytest
+import torch
+
+from sslkd.config import OptimConfig
+from sslkd.data.sampling import EpochSampler, SeededViews
+from sslkd.engine.checkpoint import atomic_write
+from sslkd.engine.optim import LARS, clip_per_parameter, param_groups, resolve_optim
+from sslkd.engine.schedules import cosine, ema_momentum, linear_warmup_then_constant, warmup_cosine
+
+
+def test_schedules_are_functions_of_the_step():
+    assert warmup_cosine(0, 100, 1.0, 0.1, 10) == 0.0
+    assert warmup_cosine(5, 100, 1.0, 0.1, 10) == pytest.approx(0.5)
+    assert warmup_cosine(10, 100, 1.0, 0.1, 10) == pytest.approx(1.0)
+    assert warmup_cosine(100, 100, 1.0, 0.1, 10) == pytest.approx(0.1)
+    assert cosine(50, 100, 0.04, 0.4) == pytest.approx(0.22)
+    assert ema_momentum(0, 100, 0.996) == pytest.approx(0.996) and ema_momentum(100, 100, 0.996) == pytest.approx(1.0)
+    assert linear_warmup_then_constant(0, 30, 0.04, 0.07) == 0.04
+    assert linear_warmup_then_constant(15, 30, 0.04, 0.07) == pytest.approx(0.055)
+    assert linear_warmup_then_constant(30, 30, 0.04, 0.07) == 0.07
+
+
+def test_auto_optimiser_follows_mokd_per_backbone_kind():
+    cnn = resolve_optim(OptimConfig(), "cnn")
+    vit = resolve_optim(OptimConfig(lr=1e-3), "vit")
+    assert (cnn.name, cnn.lr, cnn.weight_decay, cnn.weight_decay_end, cnn.min_lr) == ("sgd", 0.1, 1e-4, 1e-4, 0.0048)
+    assert (vit.name, vit.lr, vit.weight_decay, vit.weight_decay_end, vit.min_lr) == ("adamw", 1e-3, 0.04, 0.4, 1e-5)
+    assert resolve_optim(OptimConfig(name="sgd", weight_decay=5e-4), "cnn").weight_decay_end == 5e-4
+
+
+def test_clipping_is_per_parameter_like_dino():
+    params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))]
+    params[0].grad = torch.tensor([3.0, 4.0, 0.0])  # norm 5 -> clipped to 1
+    params[1].grad = torch.tensor([0.3, 0.4])  # norm 0.5 -> untouched
+    clip_per_parameter(params, 1.0)
+    assert params[0].grad.norm().item() == pytest.approx(1.0, rel=1e-5)
+    assert params[1].grad.tolist() == pytest.approx([0.3, 0.4])
+
+
+def test_biases_and_norms_get_no_weight_decay():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    regularized, plain = param_groups(model)
+    assert [p.shape for p in regularized["params"]] == [torch.Size([4, 3])]
+    assert len(plain["params"]) == 3 and plain["weight_decay"] == 0.0
+
+
+def test_lars_scales_weight_updates_by_trust_ratio():
+    weight = torch.nn.Parameter(torch.tensor([[3.0, 4.0]]))
+    bias = torch.nn.Parameter(torch.tensor([1.0]))
+    weight.grad, bias.grad = torch.tensor([[0.0, 1.0]]), torch.tensor([2.0])
+    LARS([weight, bias], lr=1.0, weight_decay=0.0, momentum=0.0, eta=0.001).step()
+    assert weight[0].tolist() == pytest.approx([3.0, 4.0 - 0.001 * 5.0])  # eta * ||w|| / ||g|| * g
+    assert bias.tolist() == pytest.approx([-1.0])  # 1-D: plain SGD
+
+
+class Images(torch.utils.data.Dataset):
+    def __len__(self):
+        return 6
+
+    def __getitem__(self, i):
+        return torch.full((3, 8, 8), float(i)), i % 2, i
+
+
+def test_views_depend_only_on_seed_epoch_and_index():
+    dataset = SeededViews(Images(), lambda image: image + torch.rand(1))
+    sampler = EpochSampler(6, seed=3)
+    sampler.set_epoch(2)
+    keys = list(sampler)
+    first = [dataset[k][0] for k in keys]
+    again = [dataset[k][0] for k in reversed(keys)][::-1]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    sampler.set_epoch(3)
+    later = {k[0]: dataset[k][0] for k in sampler}
+    assert all(not torch.equal(later[k[0]], view) for k, view in zip(keys, first))
+
+
+def test_sampler_shards_disjointly():
+    shards = [list(EpochSampler(10, seed=0, rank=r, world_size=2)) for r in range(2)]
+    assert not {i for i, _ in shards[0]} & {i for i, _ in shards[1]} and len(shards[0]) == len(shards[1]) == 5
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "last.pt"
+    target.write_bytes(b"good")
+
+    def failing(handle):
+        handle.write(b"half")
+        raise OSError("No space left on device")
+
+    with pytest.raises(OSError):
+        atomic_write(target, failing)
+    assert target.read_bytes() == b"good" and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
