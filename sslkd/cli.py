@@ -1,4 +1,4 @@
-"""Command line: ``sslkd train | eval | compare | export | list`` (also ``python -m sslkd``).
+"""Command line: ``sslkd train | eval | compare | bench | export | list`` (also ``python -m sslkd``).
 
 Every mistake a user can make ends with one line on stderr naming the problem and the fix, and exit status 2.
 """
@@ -32,12 +32,23 @@ def _parser() -> argparse.ArgumentParser:
     protocols = evaluate.add_subparsers(dest="protocol", required=True)
     knn = protocols.add_parser("knn", help="weighted k-NN (DINO protocol) of a checkpoint's members")
     _add_checkpoint_args(knn)
+    from sslkd.eval.linear import add_linear_parser
+
+    add_linear_parser(protocols)
 
     compare = commands.add_parser("compare", help="turn finished runs into a paper-style table")
     compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (or folders holding them)")
     compare.add_argument("--table", default="auto", help="table layout (auto, mokd_table1, runs, ...)")
     compare.add_argument("--format", default="md", choices=["md", "csv", "latex"], help="output format")
     compare.add_argument("--output", help="also write the table to this file")
+
+    bench = commands.add_parser("bench", help="time a method's full steps against its network passes alone")
+    bench.add_argument("--method", help="strategy name (see `sslkd list`)")
+    bench.add_argument("--config", help="YAML config file (e.g. a CPU-proxy config)")
+    bench.add_argument("--steps", type=int, default=5, help="timed steps (after one warm-up step)")
+    bench.add_argument("--knn-size", default="10000,2000,384", help="k-NN benchmark: train,test,dim")
+    bench.add_argument("--json", action="store_true", help="print the figures as JSON")
+    bench.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
 
     export = commands.add_parser("export", help="write one member's backbone as safetensors, loadable by timm")
     export.add_argument("--checkpoint", required=True, help="a checkpoints/last.pt written by sslkd train")
@@ -105,8 +116,11 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from sslkd.eval.linear import cmd_linear
     from sslkd.eval.protocol import knn_of_checkpoint
 
+    if args.protocol == "linear":
+        return cmd_linear(args)
     results = knn_of_checkpoint(args.checkpoint, member=args.member, data_name=args.data_name, data_root=args.data_root)
     if args.json:
         print(json.dumps(results, indent=2))
@@ -133,6 +147,42 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from sslkd.config import load_config
+    from sslkd.engine.bench import run_bench
+
+    try:
+        knn_size = tuple(int(v) for v in args.knn_size.split(","))
+        assert len(knn_size) == 3
+    except (ValueError, AssertionError) as exc:
+        raise UserError(f"--knn-size {args.knn_size!r} must be three integers train,test,dim (e.g. 50000,10000,384)") from exc
+    cfg = load_config(args.method, args.config, args.overrides)
+    result = run_bench(cfg, steps=args.steps, knn_size=knn_size)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        table = Table(title=f"sslkd bench: {result['method']} (batch {result['batch_size']})")
+        table.add_column("measure")
+        table.add_column("value", justify="right")
+        rows = [
+            ("full training step", f"{result['step_s'] * 1000:.1f} ms"),
+            ("network passes only", f"{result['network_s'] * 1000:.1f} ms"),
+            ("training images/s", f"{result['train_images_per_s']:.1f}"),
+            (f"data pipeline images/s ({result['data_workers']} workers)", f"{result['data_images_per_s']:.1f}"),
+            ("peak memory", f"{result['peak_memory_mb']:.0f} MB"),
+            ("k-NN k=20 of {}x{} (dim {})".format(*result["knn_size"][:2][::-1], result["knn_size"][2]), f"{result['knn_s']:.2f} s"),
+            ("bare matrix product, same size", f"{result['matmul_s']:.2f} s"),
+        ]
+        for row in rows:
+            table.add_row(*row)
+        Console().print(table)
+    print(f"overhead ratio: {result['overhead_ratio']:.2f}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from sslkd.engine.export import export_backbone
 
@@ -150,7 +200,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "compare": cmd_compare, "export": cmd_export, "list": cmd_list}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "compare": cmd_compare, "export": cmd_export, "bench": cmd_bench, "list": cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:

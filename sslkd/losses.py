@@ -76,3 +76,62 @@ def feature_search_loss(
     Averaged over the paired rows (Algorithm 1 halves the sum over the two views; Eq. 7 prints no 1/2).
     """
     return soft_cross_entropy(teacher_probs(searched_logits, teacher_temp), student_logits, student_temp)
+
+
+def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+    """NT-Xent (DoGo Eq. 1, SimCLR): each of the 2B embeddings picks its other view among the other 2B - 1 by
+    softmax of cosine similarity / tau_c; the cross-entropy is averaged over all 2B anchors."""
+    z = F.normalize(torch.cat([z_a, z_b]).float(), dim=-1)
+    batch = z_a.shape[0]
+    logits = z @ z.T / temperature
+    logits = logits.masked_fill(torch.eye(2 * batch, dtype=torch.bool, device=z.device), float("-inf"))
+    positives = torch.cat([torch.arange(batch, 2 * batch), torch.arange(batch)]).to(z.device)
+    return F.cross_entropy(logits, positives)
+
+
+def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """D(p, z) = -<p/|p|, z/|z|> averaged over rows, with SimSiam's stop-gradient on z (DoGo Eq. 6)."""
+    return -(F.normalize(p.float(), dim=-1) * F.normalize(z.detach().float(), dim=-1)).sum(dim=-1).mean()
+
+
+def simsiam_loss(p_a: torch.Tensor, p_b: torch.Tensor, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+    """SimSiam's symmetrised loss 1/2 D(p_a, z_b) + 1/2 D(p_b, z_a), each term DoGo Eq. (6) (Chen & He, 2021)."""
+    return 0.5 * (negative_cosine(p_a, z_b) + negative_cosine(p_b, z_a))
+
+
+def similarity_logits(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """The B x B matrix sim(Z', Z'') / tau_kd of cosine similarities between the two views' embeddings; its row
+    softmax is DoGo's P (Eq. 2-3)."""
+    return F.normalize(z_a.float(), dim=-1) @ F.normalize(z_b.float(), dim=-1).T / temperature
+
+
+def similarity_kl(target: torch.Tensor, logits: torch.Tensor, reduction: str = "row") -> torch.Tensor:
+    """D_KL(Q || P) between row distributions, Q = ``target`` (detached) and P = softmax(``logits``) (DoGo Eq. 2-3).
+
+    ``row``: each row's KL summed over its B entries, averaged over rows (the paper's per-sample distributions).
+    ``all``: the pointwise terms averaged over all B^2 entries, as the authors' code (``F.kl_div`` default), i.e.
+    ``row`` / B.
+    """
+    pointwise = F.kl_div(F.log_softmax(logits.float(), dim=-1), target.detach().float(), reduction="none")
+    if reduction == "row":
+        return pointwise.sum(dim=-1).mean()
+    if reduction == "all":
+        return pointwise.mean()
+    raise ValueError(f"reduction must be 'row' or 'all', got {reduction!r}")
+
+
+def peer_ensemble(peer_logits: list[torch.Tensor]) -> torch.Tensor:
+    """The peers' mean row distribution, detached: DoGo's ensemble teacher for more than two peers (Sec. 3)."""
+    return torch.stack([F.softmax(logits.detach().float(), dim=-1) for logits in peer_logits]).mean(dim=0)
+
+
+def dogo_kd_loss(logits: torch.Tensor, peer_logits: list[torch.Tensor], multi_peer: str = "sum",
+                 reduction: str = "row") -> torch.Tensor:
+    """L_kd of one peer (DoGo Eq. 2-3): KL from each peer's distribution to its own, summed over peers (``sum``,
+    "computing distillation loss with all the peers"), or KL from the peers' ensemble (``ensemble``). With one
+    peer both are Eq. 2. Peer distributions are targets: no gradient reaches a peer."""
+    if multi_peer == "ensemble":
+        return similarity_kl(peer_ensemble(peer_logits), logits, reduction)
+    if multi_peer == "sum":
+        return sum(similarity_kl(F.softmax(peer.detach().float(), dim=-1), logits, reduction) for peer in peer_logits)
+    raise ValueError(f"multi_peer must be 'sum' or 'ensemble', got {multi_peer!r}")

@@ -11,12 +11,13 @@ import math
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from sslkd.errors import UserError
 
 RUN_COLUMNS = [
     "method", "dataset", "seed", "epochs", "member", "member_index", "backbone", "paper_name",
-    "knn_top1", "linear_top1", "wall_time_s", "tag", "run_dir",
+    "knn_top1", "linear_top1", "wall_time_s", "tag", "run_dir", "params_m", "knn_dogo_mean",
 ]
 REQUIRED_KEYS = ("method", "dataset", "seed", "epochs", "members")
 PAPER_NUMBERS_DIR = Path(__file__).resolve().parents[2] / "zoo_configs" / "paper_numbers"
@@ -113,6 +114,8 @@ def _member_rows(summary: dict, path: Path) -> list[dict]:
             "wall_time_s": _accuracy(wall),
             "tag": summary.get("tag"),
             "run_dir": str(path.parent),
+            "params_m": _accuracy(member.get("params_m")),
+            "knn_dogo_mean": _accuracy(member.get("knn_dogo_mean")),
         }
         for index, (name, member) in enumerate(summary["members"].items())
     ]
@@ -128,6 +131,18 @@ def load_runs(run_dirs: list[str | Path]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=RUN_COLUMNS)
     df.attrs["unfinished"] = [str(run) for run in unfinished]
     return df
+
+
+def member_objectives(run_dir: str | Path) -> dict[str, str]:
+    """Each member's SSL objective as the run's config.yaml records it (``strategy.objectives``, DoGo); empty when
+    the config names none (every other method trains each member with the method itself)."""
+    try:
+        config = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    strategy = config.get("strategy") if isinstance(config, dict) else None
+    objectives = strategy.get("objectives") if isinstance(strategy, dict) else None
+    return {str(k): str(v) for k, v in objectives.items()} if isinstance(objectives, dict) else {}
 
 
 def paper_tables(root: Path = PAPER_NUMBERS_DIR) -> list[str]:

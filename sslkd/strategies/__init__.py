@@ -1,3 +1,3 @@
 """Built-in strategies; importing this package registers them."""
 
-from sslkd.strategies import dino, mokd  # noqa: F401
+from sslkd.strategies import dino, dogo, mokd, simclr, simsiam  # noqa: F401

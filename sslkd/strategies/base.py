@@ -123,6 +123,11 @@ class Strategy(nn.Module):
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor, indices: torch.Tensor, step: StepInfo) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def network_passes(self, views: list[torch.Tensor]) -> torch.Tensor:
+        """Only the network passes a step of this method needs (students forward, teachers forward) on ``views``,
+        reduced to a scalar to back-propagate through the students; ``sslkd bench`` measures the rest as overhead."""
+        raise NotImplementedError(f"{type(self).__name__} does not declare its network passes for sslkd bench")
+
     @torch.no_grad()
     def after_step(self, step: StepInfo) -> None:
         """Called after every optimiser step (EMA teachers, queues, banks)."""

@@ -62,21 +62,31 @@ class DINO(Strategy):
         opts = self.options
         n_global = self.cfg.data.augment.n_global
         tau_t = teacher_temperature(step, opts.warmup_teacher_temp_epochs, opts.warmup_teacher_temp, opts.teacher_temp)
-        groups = group_by_resolution(views)
-        global_batch = groups[0][2][: n_global * views[0].shape[0]]
         losses: dict[str, torch.Tensor] = {}
-        for name, member in self.members.items():
-            student = member.student
-            student_logits = torch.cat([student["dino"](student["backbone"](batch)) for _, _, batch in groups])
-            with torch.no_grad():
-                teacher = member.teacher.module
-                teacher_logits = teacher["dino"](teacher["backbone"](global_batch))
+        for name, (student_logits, teacher_logits) in self._network_passes(views).items():
             losses[f"{name}/loss"] = dino_loss(
                 student_logits, teacher_logits, self.centers[f"{name}/dino"], len(views), n_global, opts.student_temp, tau_t
             )
             self.centers.update(f"{name}/dino", teacher_logits, opts.center_momentum)
         losses["loss"] = sum(losses[f"{name}/loss"] for name in self.members)
         return losses
+
+    def _network_passes(self, views) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per member: the student head over every crop (one backbone pass per resolution), the EMA teacher's
+        over the global crops."""
+        groups = group_by_resolution(views)
+        global_batch = groups[0][2][: self.cfg.data.augment.n_global * views[0].shape[0]]
+        outputs = {}
+        for name, member in self.members.items():
+            student = member.student
+            student_logits = torch.cat([student["dino"](student["backbone"](batch)) for _, _, batch in groups])
+            with torch.no_grad():
+                teacher = member.teacher.module
+                outputs[name] = student_logits, teacher["dino"](teacher["backbone"](global_batch))
+        return outputs
+
+    def network_passes(self, views):
+        return sum(student.float().mean() for student, _ in self._network_passes(views).values())
 
     def after_step(self, step):
         self.update_teachers(step, self.options.momentum_teacher)

@@ -107,44 +107,60 @@ class MOKD(Strategy):
 
     def forward(self, views, labels, indices, step):
         opts = self.options
-        n_crops, batch = len(views), views[0].shape[0]
-        groups = group_by_resolution(views)
-        global_batch = groups[0][2][: 2 * batch]
+        n_crops = len(views)
+        students, teachers, searched = self._network_passes(views)
         tau_cross = teacher_temperature(step, opts.warmup_teacher_temp_epochs, opts.warmup_teacher_temp, opts.teacher_temp)
-
-        students, teachers = {}, {}
-        for name, member in self.members.items():
-            students[name] = self._student_outputs(member.student, groups)
-            with torch.no_grad():
-                teachers[name] = self._teacher_outputs(member.teacher.module, global_batch)
-
         losses: dict[str, torch.Tensor] = {}
         for name, member in self.members.items():
-            s = students[name]
-            t = teachers[name]
+            s, t = students[name], teachers[name]
             tau_self = teacher_temperature(
                 step,
                 opts.self_warmup_teacher_temp_epochs.get(name, opts.warmup_teacher_temp_epochs),
                 opts.warmup_teacher_temp,
                 opts.teacher_temp,
             )
+            peers = [p for p in self.members if p != name]
             sm = dino_loss(s["mlp"], t["mlp"], self.centers[f"{name}/dino"], n_crops, 2, opts.student_temp, tau_self)
             st = dino_loss(s["thead"], t["thead"], self.thead_centers[f"{name}/thead"], n_crops, 2, opts.student_temp, tau_self)
-            peers = [p for p in self.members if p != name]
             cm = sum(
                 dino_loss(s["mlp"], teachers[p]["mlp"], self.centers[f"{p}/dino"], n_crops, 2, opts.student_temp, tau_cross)
                 for p in peers
             ) / len(peers)
-            ct = sum(self._feature_search_term(member, s, self.members[p], teachers[p], batch, tau_cross) for p in peers) / len(peers)
-            weight = member.cfg.distill_weight
+            ct = sum(
+                feature_search_loss(*searched[name, p], opts.student_temp, tau_cross) for p in peers
+            ) / len(peers)
             losses.update({f"{name}/sm": sm, f"{name}/st": st, f"{name}/cm": cm, f"{name}/ct": ct})
-            losses[f"{name}/loss"] = sm + st + weight * (cm + ct)
+            losses[f"{name}/loss"] = sm + st + member.cfg.distill_weight * (cm + ct)
 
         for name in self.members:
             self.centers.update(f"{name}/dino", teachers[name]["mlp"], opts.center_momentum)
             self.thead_centers.update(f"{name}/thead", teachers[name]["thead"], opts.center_momentum)
         losses["loss"] = sum(losses[f"{name}/loss"] for name in self.members)
         return losses
+
+    def _network_passes(self, views):
+        """Every network pass a MOKD step needs: students over all crops (one backbone pass per resolution), EMA
+        teachers over the global crops, and each peer teacher's T-Head over the searched sequences (Eq. 6)."""
+        batch = views[0].shape[0]
+        groups = group_by_resolution(views)
+        global_batch = groups[0][2][: 2 * batch]
+        students, teachers = {}, {}
+        for name, member in self.members.items():
+            students[name] = self._student_outputs(member.student, groups)
+            with torch.no_grad():
+                teachers[name] = self._teacher_outputs(member.teacher.module, global_batch)
+        searched = {
+            (name, peer): self._feature_search(member, students[name], self.members[peer], teachers[peer], batch)
+            for name, member in self.members.items()
+            for peer in self.members
+            if peer != name
+        }
+        return students, teachers, searched
+
+    def network_passes(self, views):
+        students, _, searched = self._network_passes(views)
+        outputs = [s[k] for s in students.values() for k in ("mlp", "thead")] + [t for pair in searched.values() for t in pair]
+        return sum(o.float().mean() for o in outputs)
 
     def after_step(self, step):
         self.update_teachers(step, self.options.momentum_teacher)
@@ -167,8 +183,9 @@ class MOKD(Strategy):
         embedded = teacher["thead"].embed(tokens, grid)
         return {"mlp": teacher["dino"](feats), "thead": teacher["thead"].head(embedded), "tokens": embedded}
 
-    def _feature_search_term(self, member: Member, s: dict, peer: Member, peer_teacher: dict, batch: int, tau: float):
-        """L_ct (Eq. 7) of ``member`` against ``peer``'s teacher T-Head after feature search (Eq. 6)."""
+    def _feature_search(self, member: Member, s: dict, peer: Member, peer_teacher: dict, batch: int):
+        """(student T-Head rows, ``peer``'s teacher T-Head output after feature search (Eq. 6)): the pair L_ct
+        (Eq. 7) compares."""
         opts = self.options
         tokens = peer_teacher["tokens"]
         if opts.feature_search == "paper":
@@ -182,5 +199,4 @@ class MOKD(Strategy):
         query = member.student["thead"].embed_query(s["pooled"][query_rows])
         if opts.detach_search_query:
             query = query.detach()
-        searched = peer.teacher.module["thead"].search(query, tokens)
-        return feature_search_loss(s["thead"][query_rows], searched, opts.student_temp, tau)
+        return s["thead"][query_rows], peer.teacher.module["thead"].search(query, tokens)

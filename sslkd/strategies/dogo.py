@@ -1,0 +1,123 @@
+"""DoGo: Distill on the Go (Bhat et al., CVPRW 2021), online distillation between M >= 2 self-supervised peers.
+
+Peer i has its own backbone and heads and its own SSL objective (``objectives``: simclr, DoGo Eq. 1, or simsiam,
+Eq. 6; DoGo Table 4 mixes them), computed by the very functions of the ``simclr``/``simsiam`` baselines. Its loss:
+
+    L_i = L_ssl_i + lambda_i L_kd_i                                                            (Eq. 4-5)
+    L_kd_i = D_KL(P_peer || P_i),  P = row softmax of sim(Z', Z'') / tau_kd (B x B, cosine)     (Eq. 2-3)
+
+P_i is built from the peer's projections (SimCLR) or predictions (SimSiam, Sec. 4.7); the peer's distribution is a
+target, detached, so gradients never cross peers and one backward of sum_i L_i equals the code's one per peer.
+lambda_i is ``members.<name>.distill_weight`` (paper: 100, Sec. 4.1 and 5).
+
+Options (``strategy:``), defaults from the paper; the paper-reproduction configs set the authors' code choices:
+- ``objectives: {member: simclr | simsiam}``: each peer's SSL objective (default simclr for every peer).
+- ``simclr: {temperature, hidden_dim, out_dim}``, ``simsiam: {hidden_dim, out_dim, pred_hidden_dim}``: the
+  objectives' options, exactly as the baselines take them.
+- ``kd_temperature``: tau_kd (0.1, Sec. 5).
+- ``views: shared | per_peer``: shared: every peer sees the same two views (one augmentation module, Fig. 2);
+  per_peer: the code draws each peer its own pair (the transform makes 2M views, peer i takes views 2i, 2i+1;
+  Sec. 1 also speaks of "different augmentation for each model").
+- ``kd_reduction: row | all``: the KL summed over each row and averaged over rows (Eq. 2-3 per sample), or
+  averaged over all B^2 entries as the code does (``F.kl_div`` default), which is why the code's lambda is 100.
+- ``multi_peer: sum | ensemble`` (M > 2, Sec. 3): sum the KL from every peer, or take the KL from the peers'
+  mean distribution; identical for M = 2.
+- ``simsiam_target: paper | code``: the embedding a SimSiam peer's target distribution is built from. paper: its
+  predictions (Sec. 4.7). code: its projections when the student is a SimSiam peer too, its predictions otherwise.
+Not offered: the code's WRNs, whose "features" are a 1000-way linear layer over the pooled map (sslkd's WRNs give
+the pooled map), and its weaker colour jitter for SimSiam peers. Views are described in ``simclr``: of
+``data.augment`` only the crop size is used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Literal
+
+import torch
+
+from sslkd.errors import UserError
+from sslkd.losses import dogo_kd_loss, similarity_logits
+from sslkd.registry import STRATEGIES
+from sslkd.strategies.base import Member, Strategy
+from sslkd.strategies.simclr import PairOutputs, SimCLR, SimCLROptions, student_builder, two_view_transform
+from sslkd.strategies.simsiam import SimSiam, SimSiamOptions
+
+OBJECTIVES = {"simclr": SimCLR, "simsiam": SimSiam}
+
+
+@dataclass
+class DoGoOptions:
+    objectives: dict[str, Literal["simclr", "simsiam"]] = field(default_factory=dict)
+    simclr: SimCLROptions = field(default_factory=SimCLROptions)
+    simsiam: SimSiamOptions = field(default_factory=SimSiamOptions)
+    kd_temperature: float = 0.1
+    views: Literal["shared", "per_peer"] = "shared"
+    kd_reduction: Literal["row", "all"] = "row"
+    multi_peer: Literal["sum", "ensemble"] = "sum"
+    simsiam_target: Literal["paper", "code"] = "paper"
+
+
+@STRATEGIES.register("dogo")
+class DoGo(Strategy):
+    name = "dogo"
+    Options = DoGoOptions
+
+    def __init__(self, cfg, info):
+        super().__init__(cfg, info)
+        opts = self.options
+        if len(cfg.members) < 2:
+            raise UserError(f"dogo needs at least 2 members, the config has {len(cfg.members)}; add one under `members:`")
+        unknown = set(opts.objectives) - set(cfg.members)
+        if unknown:
+            raise UserError(f"strategy.objectives names unknown members {sorted(unknown)}; members are {sorted(cfg.members)}")
+        # every peer's objective, written back so the saved config.yaml names them all
+        opts.objectives = {name: opts.objectives.get(name, "simclr") for name in cfg.members}
+        for name, member_cfg in cfg.members.items():
+            objective = opts.objectives[name]
+            heads = partial(OBJECTIVES[objective].heads, opts=getattr(opts, objective))
+            self.members[name] = Member(name, member_cfg, student_builder(member_cfg, heads), ema_teacher=False)
+
+    def train_transform(self):
+        return two_view_transform(self, 2 * len(self.members) if self.options.views == "per_peer" else 2)
+
+    def peer_views(self, views: list[torch.Tensor], index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two views of the ``index``-th peer: views 0, 1 when shared, 2i and 2i+1 when drawn per peer."""
+        first = 2 * index if self.options.views == "per_peer" else 0
+        return views[first], views[first + 1]
+
+    def _network_passes(self, views) -> dict[str, PairOutputs]:
+        return {
+            name: OBJECTIVES[self.options.objectives[name]].embed(member.student, *self.peer_views(views, i))
+            for i, (name, member) in enumerate(self.members.items())
+        }
+
+    def target_embeddings(self, student: str, peer: str, outputs: dict[str, PairOutputs]) -> tuple[torch.Tensor, torch.Tensor]:
+        """What ``peer``'s target distribution for ``student`` is built from (see ``simsiam_target``)."""
+        objectives = self.options.objectives
+        both_simsiam = objectives[student] == objectives[peer] == "simsiam"
+        if self.options.simsiam_target == "code" and both_simsiam:
+            return outputs[peer].z
+        return outputs[peer].own
+
+    def forward(self, views, labels, indices, step):
+        opts = self.options
+        outputs = self._network_passes(views)
+        losses: dict[str, torch.Tensor] = {}
+        for name, member in self.members.items():
+            objective = OBJECTIVES[opts.objectives[name]]
+            ssl = objective.loss(outputs[name], getattr(opts, opts.objectives[name]))
+            logits = similarity_logits(*outputs[name].own, opts.kd_temperature)
+            with torch.no_grad():
+                targets = [
+                    similarity_logits(*self.target_embeddings(name, peer, outputs), opts.kd_temperature)
+                    for peer in self.members if peer != name
+                ]
+            kd = dogo_kd_loss(logits, targets, opts.multi_peer, opts.kd_reduction)
+            losses.update({f"{name}/ssl": ssl, f"{name}/kd": kd, f"{name}/loss": ssl + member.cfg.distill_weight * kd})
+        losses["loss"] = sum(losses[f"{name}/loss"] for name in self.members)
+        return losses
+
+    def network_passes(self, views):
+        return sum(out.mean() for out in self._network_passes(views).values())

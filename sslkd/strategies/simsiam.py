@@ -1,0 +1,75 @@
+"""SimSiam (Chen & He, 2021) as DoGo trains it: the SimSiam baseline of DoGo Table 4.
+
+Each member trains alone: backbone f, projection MLP g = 3 x [Linear-BN], ReLU between, widths 2048 (the DoGo
+code's; its BatchNorms keep their affine parameters), prediction MLP h = Linear(2048, 512, no bias)-BN-ReLU-
+Linear(512, 2048). The loss is the symmetrised negative cosine 1/2 D(p', z'') + 1/2 D(p'', z') with the
+stop-gradient on z (DoGo Eq. 6). Each view goes through the network on its own; no EMA teacher.
+
+Views: the same 32-px SimCLR recipe as ``simclr`` (``data.augment`` gives only the crop size). Not offered:
+SimSiam's fixed predictor learning rate (the trainer schedules one rate per member) and the DoGo code's weaker
+SimSiam jitter (strength 0.5): DoGo's paper describes one augmentation module for all peers.
+
+Options (``strategy:``): ``hidden_dim`` and ``out_dim`` of the projector, ``pred_hidden_dim`` of the predictor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sslkd.losses import simsiam_loss
+from sslkd.registry import STRATEGIES
+from sslkd.strategies.simclr import PairOutputs, TwoViewSSL
+
+
+@dataclass
+class SimSiamOptions:
+    hidden_dim: int = 2048
+    out_dim: int = 2048
+    pred_hidden_dim: int = 512
+
+
+class SimSiamProjector(nn.Sequential):
+    """g: Linear(d, h)-BN-ReLU-Linear(h, h)-BN-ReLU-Linear(h, out)-BN, linear layers without bias (BN follows)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int = 2048, out_dim: int = 2048):
+        super().__init__(
+            nn.Linear(in_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, out_dim, bias=False), nn.BatchNorm1d(out_dim),
+        )
+
+
+class SimSiamPredictor(nn.Sequential):
+    """h: a bottleneck MLP Linear(out, hidden, no bias)-BN-ReLU-Linear(hidden, out)."""
+
+    def __init__(self, dim: int = 2048, hidden_dim: int = 512):
+        super().__init__(
+            nn.Linear(dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, dim),
+        )
+
+
+@STRATEGIES.register("simsiam")
+class SimSiam(TwoViewSSL):
+    name = "simsiam"
+    Options = SimSiamOptions
+
+    @staticmethod
+    def heads(in_dim: int, opts: SimSiamOptions) -> dict[str, nn.Module]:
+        return {
+            "projector": SimSiamProjector(in_dim, opts.hidden_dim, opts.out_dim),
+            "predictor": SimSiamPredictor(opts.out_dim, opts.pred_hidden_dim),
+        }
+
+    @staticmethod
+    def embed(student, view_a, view_b) -> PairOutputs:
+        z = tuple(student["projector"](student["backbone"](view)) for view in (view_a, view_b))
+        p = tuple(student["predictor"](projection) for projection in z)
+        return PairOutputs(z=z, p=p)
+
+    @staticmethod
+    def loss(outputs: PairOutputs, opts: SimSiamOptions) -> torch.Tensor:
+        return simsiam_loss(*outputs.p, *outputs.z)
