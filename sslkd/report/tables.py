@@ -18,7 +18,7 @@ from rich.table import Table
 
 from sslkd.errors import UserError
 from sslkd.registry import Registry
-from sslkd.report.records import PAPER_NUMBERS_DIR, load_paper_numbers, load_runs
+from sslkd.report.records import PAPER_NUMBERS_DIR, load_paper_numbers, load_runs, member_objectives
 
 FORMATS = ("md", "csv", "latex")
 PROTOCOLS = (("knn", "k-NN", "knn_top1"), ("linear", "Linear", "linear_top1"))
@@ -132,19 +132,26 @@ def _mokd_pairs(runs: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
     return pairs
 
 
-def _independent(dino: pd.DataFrame, backbone: str, dataset: str, epochs: int,
-                 notes: list[str]) -> tuple[pd.DataFrame, str]:
-    """DINO runs of ``backbone`` on ``dataset``: same epochs if any, else the nearest (ties: longer); cell suffix."""
-    same = dino[(dino.backbone == backbone) & (dino.dataset == dataset)]
+def _alone_runs(alone: pd.DataFrame, method: str, backbone: str, dataset: str, epochs: int, notes: list[str],
+                label: str) -> tuple[pd.DataFrame, str]:
+    """``method`` runs of ``backbone`` on ``dataset`` (a net trained alone): same epochs if any, else the nearest
+    (ties: longer); and the cell suffix saying so. ``label`` names the column in the notes."""
+    same = alone[(alone.method == method) & (alone.backbone == backbone) & (alone.dataset == dataset)]
     if same.empty:
-        notes.append(f"no dino run of {backbone} on {dataset}: Independent {backbone} is n/a "
-                     f"(train one with sslkd train --method dino)")
+        notes.append(f"no {method} run of {backbone} on {dataset}: {label} {backbone} is n/a "
+                     f"(train one with sslkd train --method {method})")
         return same, ""
     if (same.epochs == epochs).any():
         return same[same.epochs == epochs], ""
     nearest = min(same.epochs.unique(), key=lambda e: (abs(e - epochs), -e))
-    notes.append(f"no {epochs}-epoch dino run of {backbone} on {dataset}: Independent uses its {nearest}-epoch runs")
+    notes.append(f"no {epochs}-epoch {method} run of {backbone} on {dataset}: {label} uses its {nearest}-epoch runs")
     return same[same.epochs == nearest], f" [{nearest} ep]"
+
+
+def _independent(dino: pd.DataFrame, backbone: str, dataset: str, epochs: int,
+                 notes: list[str]) -> tuple[pd.DataFrame, str]:
+    """DINO runs of ``backbone`` on ``dataset``: same epochs if any, else the nearest (ties: longer); cell suffix."""
+    return _alone_runs(dino, "dino", backbone, dataset, epochs, notes, "Independent")
 
 
 def _paper_table1(notes: list[str]) -> pd.DataFrame | None:
@@ -224,6 +231,140 @@ def mokd_table1(runs: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+DOGO_PROTOCOLS = (("k-NN", "knn_top1"), ("k-NN DoGo", "knn_dogo_mean"), ("Linear", "linear_top1"))
+DOGO_PAPER_SOURCE = "paper: Tiny-ImageNet, linear (DoGo Table 1)"
+PAIR = " \\"  # DoGo Table 1 writes a box as "row \ column"
+
+
+@dataclass(frozen=True, order=True)
+class _Model:
+    """A model of a DoGo table: a backbone (and the paper backbone it stands in for) trained with an objective."""
+
+    backbone: str
+    paper_name: str
+    objective: str
+
+    @property
+    def label(self) -> str:
+        suffix = "" if self.objective == "simclr" else f" [{self.objective}]"
+        return backbone_label(self.backbone, self.paper_name) + suffix
+
+
+def format_relative_change(before: float | None, after: float | None) -> str:
+    """Change of ``after`` over ``before`` in percent of ``before``, as DoGo Table 1 prints it: '+4.5%'."""
+    if before is None or after is None or math.isnan(before) or math.isnan(after) or before == 0:
+        return NA
+    return f"{round(100 * (after - before) / before, 1) + 0.0:+.1f}%"
+
+
+def _dogo_members(dogo: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
+    """The members of two-member dogo runs with their model (objective from the run's config) and pair partner."""
+    rows = []
+    for run_dir, members in dogo.groupby("run_dir", sort=False):
+        members = members.sort_values("member_index")
+        if len(members) != 2:
+            notes.append(f"skipped {run_dir}: a dogo run with {len(members)} members does not fit a pair table")
+            continue
+        objectives = member_objectives(run_dir)
+        models = [_Model(m.backbone, m.paper_name, objectives.get(m.member, "simclr")) for m in members.itertuples()]
+        for index, (member, model) in enumerate(zip(members.itertuples(), models)):
+            rows.append({**member._asdict(), "model": model, "partner": models[1 - index], "position": index})
+    return pd.DataFrame(rows)
+
+
+def _dogo_cell(members: pd.DataFrame, row: _Model, column: _Model, column_name: str, baselines: dict) -> str:
+    """'row \\ column; change change' of the pairs of ``row`` and ``column`` (same-model pairs: first \\ second)."""
+    if row == column:
+        pair = members[(members.model == row) & (members.partner == row)]
+        row_values, column_values = pair[pair.position == 0][column_name], pair[pair.position == 1][column_name]
+    else:
+        row_values = members[(members.model == row) & (members.partner == column)][column_name]
+        column_values = members[(members.model == column) & (members.partner == row)][column_name]
+    stats = Stat.of(row_values), Stat.of(column_values)
+    if stats == (None, None):
+        return "-"
+    changes = [format_relative_change(_mean(baselines[model]), _mean(stat))
+               for model, stat in zip((row, column), stats)]
+    return f"{format_stat(stats[0])}{PAIR} {format_stat(stats[1])}; {changes[0]} {changes[1]}"
+
+
+def _dogo_paper(notes: list[str]) -> pd.DataFrame:
+    """DoGo Table 1 as transcribed (empty, with a note, outside a source checkout); blank names become ''."""
+    if not (PAPER_NUMBERS_DIR / "dogo_table1.csv").is_file():
+        notes.append(f"paper numbers not shown: {PAPER_NUMBERS_DIR} is missing (run from a source checkout)")
+        return pd.DataFrame()
+    return load_paper_numbers("dogo_table1").fillna({"row": "", "column": ""})
+
+
+def _dogo_paper_row(paper: pd.DataFrame, model: _Model, columns: list[_Model]) -> dict[str, str] | None:
+    """DoGo Table 1's row for the paper model ``model`` stands in for, in our columns, numbers as printed."""
+    def value(row: str, column: str, member: str, quantity: str) -> float | None:
+        hit = paper[(paper.row == row) & (paper.column == column) & (paper.member == member)
+                    & (paper.quantity == quantity)]
+        return float(hit.value.iloc[0]) if len(hit) else None
+
+    baseline = value(model.paper_name, "", "row", "baseline")
+    if model.objective != "simclr" or baseline is None:
+        return None
+    row = {"Source": DOGO_PAPER_SOURCE, "Protocol": "Linear", "Model": model.paper_name, "Baseline": f"{baseline:.2f}"}
+    for column in columns:
+        numbers = [value(model.paper_name, column.paper_name, member, quantity)
+                   for quantity in ("dogo", "change_pct") for member in ("row", "column")]
+        if column.objective == "simclr" and None not in numbers:
+            row[column.label] = f"{numbers[0]:.2f}{PAIR} {numbers[1]:.2f}; {numbers[2]:+.1f}% {numbers[3]:+.1f}%"
+    return row
+
+
+def dogo_table1(runs: pd.DataFrame) -> pd.DataFrame:
+    """DoGo Table 1: a row model x column model matrix per setting; each cell is the DoGo pair of the two,
+    "row \\ column" top-1 with each model's relative change over its baseline (the model trained alone with its own
+    objective: ``simclr`` runs, ``simsiam`` runs for SimSiam peers, as in Table 4). One row per protocol that has
+    numbers (weighted k-NN k=20, DoGo's k-NN mean over k in {1,2,4,8}, linear probe); where models carry a
+    ``paper_name``, the paper's Tiny-ImageNet row follows ours, numbers as printed.
+    """
+    dogo = runs[runs.method == "dogo"]
+    if dogo.empty:
+        raise UserError("no dogo runs among the given run directories: pass dogo runs or use --table runs")
+    notes = [f"cells: row model{PAIR} column model of a DoGo pair, mean +- sample std (n seeds) of top-1 %; then each "
+             "model's change over its Baseline in % of the Baseline (relative, as the paper prints it)",
+             "Baseline = runs of the model alone with its objective (simclr, or simsiam for SimSiam peers) on the "
+             "same data set; '-' = no pair run",
+             "k-NN = weighted k-NN, k=20 (DINO protocol); k-NN DoGo = mean top-1 over k in {1,2,4,8} (DoGo's)"]
+    members = _dogo_members(dogo.assign(paper_name=dogo.paper_name.astype(object).where(dogo.paper_name.notna(), ""),
+                                        tag=dogo.tag.astype(object).where(dogo.tag.notna(), "")), notes)
+    alone = runs[runs.method != "dogo"]
+    paper = None
+    rows, all_columns = [], {}
+    groups = members.groupby(["dataset", "epochs", "tag"], sort=False) if len(members) else []
+    for (dataset, epochs, tag), group in groups:
+        params = group.groupby("model").params_m.max()
+        models = sorted(set(group.model), key=lambda m: (-params[m] if not math.isnan(params[m]) else math.inf, m))
+        all_columns.update((m.label, None) for m in models)
+        found = {m: _alone_runs(alone, m.objective, m.backbone, dataset, epochs, notes, "Baseline") for m in models}
+        protocols = [(label, column) for label, column in DOGO_PROTOCOLS if group[column].notna().any()]
+        baselines = {column: {m: Stat.of(found[m][0][column]) for m in models} for _, column in protocols}
+        for model in models:
+            for label, column in protocols:
+                stat = baselines[column][model]
+                row = {"Source": _setting(dataset, epochs, tag), "Protocol": label, "Model": model.label,
+                       "Baseline": format_stat(stat) + (found[model][1] if stat else "")}
+                row |= {m.label: _dogo_cell(group, model, m, column, baselines[column]) for m in models}
+                rows.append(row)
+            if model.paper_name:
+                paper = _dogo_paper(notes) if paper is None else paper
+                paper_row = _dogo_paper_row(paper, model, models) if len(paper) else None
+                if paper_row is not None:
+                    rows.append(paper_row)
+    if any(row["Source"] == DOGO_PAPER_SOURCE for row in rows):
+        notes.append("paper rows are DoGo's Tiny-ImageNet linear-probe numbers for the models ours stand in for "
+                     "('as ...'): compare the changes, not the absolute accuracies")
+    table = pd.DataFrame(rows, columns=["Source", "Protocol", "Model", "Baseline", *all_columns]).fillna("")
+    table.attrs = {"title": "DoGo Table 1: top-1 (%) of each model alone (Baseline) and in DoGo pairs, "
+                            f"cells 'row{PAIR} column'",
+                   "notes": list(dict.fromkeys(notes))}
+    return table
+
+
 def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Any runs: one row per (method, setting, member, backbone) with accuracies and wall time over seeds."""
     keyed = runs.assign(
@@ -255,6 +396,8 @@ def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 register_table("mokd_table1", mokd_table1, lambda runs: bool((runs.method == "mokd").any()),
                "MOKD Table 1: Independent (DINO) vs MOKD per backbone pair, k-NN and linear")
+register_table("dogo_table1", dogo_table1, lambda runs: bool((runs.method == "dogo").any()),
+               "DoGo Table 1: row model x column model, each pair against its models trained alone")
 register_table("runs", runs_table, lambda runs: True, "every run: method x member, accuracies over seeds")
 
 

@@ -68,10 +68,14 @@ class DoGo(Strategy):
         super().__init__(cfg, info)
         opts = self.options
         if len(cfg.members) < 2:
-            raise UserError(f"dogo needs at least 2 members, the config has {len(cfg.members)}; add one under `members:`")
+            raise UserError(
+                f"dogo needs at least 2 members, the config has {len(cfg.members)}; add one under `members:`"
+            )
         unknown = set(opts.objectives) - set(cfg.members)
         if unknown:
-            raise UserError(f"strategy.objectives names unknown members {sorted(unknown)}; members are {sorted(cfg.members)}")
+            raise UserError(
+                f"strategy.objectives names unknown members {sorted(unknown)}; members are {sorted(cfg.members)}"
+            )
         # every peer's objective, written back so the saved config.yaml names them all
         opts.objectives = {name: opts.objectives.get(name, "simclr") for name in cfg.members}
         for name, member_cfg in cfg.members.items():
@@ -93,7 +97,8 @@ class DoGo(Strategy):
             for i, (name, member) in enumerate(self.members.items())
         }
 
-    def target_embeddings(self, student: str, peer: str, outputs: dict[str, PairOutputs]) -> tuple[torch.Tensor, torch.Tensor]:
+    def target_embeddings(self, student: str, peer: str,
+                          outputs: dict[str, PairOutputs]) -> tuple[torch.Tensor, torch.Tensor]:
         """What ``peer``'s target distribution for ``student`` is built from (see ``simsiam_target``)."""
         objectives = self.options.objectives
         both_simsiam = objectives[student] == objectives[peer] == "simsiam"

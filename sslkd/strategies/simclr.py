@@ -52,6 +52,7 @@ class PairOutputs:
         return self.p if self.p is not None else self.z
 
     def mean(self) -> torch.Tensor:
+        """A scalar of every output, for ``sslkd bench`` to back-propagate through the network passes alone."""
         outputs = [*self.z, *(self.p or ())]
         return sum(t.float().mean() for t in outputs)
 

@@ -1,0 +1,116 @@
+"""SimCLR and SimSiam: their losses against hand-computed values (DoGo Eq. 1 and 6), the DoGo augmentation recipe,
+members trained independently, and a tiny run end to end."""
+
+import json
+import math
+
+import pytest
+import torch
+from torchvision.transforms import v2
+
+from sslkd.cli import main
+from sslkd.config import load_config
+from sslkd.data import DatasetInfo
+from sslkd.losses import negative_cosine, nt_xent, simsiam_loss
+from sslkd.registry import STRATEGIES
+
+INFO = DatasetInfo("fake", 10, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), tuple(str(i) for i in range(10)))
+HEADS = {"simclr": ["strategy.hidden_dim=16", "strategy.out_dim=8"],
+         "simsiam": ["strategy.hidden_dim=16", "strategy.out_dim=16", "strategy.pred_hidden_dim=8"]}
+
+
+def tiny(method: str, members=("cnn",), epochs: int = 1) -> list[str]:
+    """A few steps of tiny CIFAR ResNets on 64 digits, with tiny heads."""
+    overrides = [f"train.epochs={epochs}", "train.batch_size=16", "train.log_every=1", "data.train_subset=64",
+                 "data.num_workers=0", "eval.knn_k=[5]", *HEADS[method]]
+    return overrides + [f"members.{m}.backbone_args={{widths: [4, 8, 8]}}" for m in members]
+
+
+def build(method: str, extra=()):
+    torch.manual_seed(0)
+    return STRATEGIES.get(method)(load_config(method, None, tiny(method) + list(extra)), INFO).train()
+
+
+def views(batch=4, n=2):
+    torch.manual_seed(1)
+    return [torch.randn(batch, 3, 32, 32) for _ in range(n)]
+
+
+def cosine(a, b):
+    return sum(x * y for x, y in zip(a, b)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+
+def test_nt_xent_by_hand():
+    """DoGo Eq. (1) over 2B = 4 embeddings: anchor k's positive is its other view, the other two are negatives."""
+    z_a, z_b = [[1.0, 0.0], [0.6, 0.8]], [[0.8, 0.6], [0.0, 1.0]]
+    z, tau = z_a + z_b, 0.5
+    positive = {0: 2, 1: 3, 2: 0, 3: 1}
+    expected = 0.0
+    for k in range(4):
+        others = [math.exp(cosine(z[k], z[j]) / tau) for j in range(4) if j != k]
+        expected -= math.log(math.exp(cosine(z[k], z[positive[k]]) / tau) / sum(others))
+    got = nt_xent(torch.tensor(z_a) * 3.0, torch.tensor(z_b), tau)  # cosine similarity: the scale does not matter
+    assert got.item() == pytest.approx(expected / 4, rel=1e-5)
+
+
+def test_simsiam_loss_by_hand_and_stop_gradient():
+    """1/2 D(p_a, z_b) + 1/2 D(p_b, z_a), D = -cosine averaged over the batch (DoGo Eq. 6)."""
+    p_a, p_b = [[1.0, 2.0], [0.5, -1.0]], [[-1.0, 1.0], [2.0, 0.0]]
+    z_a, z_b = [[0.0, 1.0], [1.0, 1.0]], [[3.0, 4.0], [-1.0, 0.5]]
+    d = lambda p, z: -sum(cosine(pi, zi) for pi, zi in zip(p, z)) / 2  # noqa: E731
+    tensors = [torch.tensor(t, requires_grad=True) for t in (p_a, p_b, z_a, z_b)]
+    got = simsiam_loss(*tensors)
+    assert got.item() == pytest.approx(0.5 * d(p_a, z_b) + 0.5 * d(p_b, z_a), rel=1e-6)
+    got.backward()
+    assert tensors[0].grad.abs().sum() > 0 and tensors[1].grad.abs().sum() > 0
+    assert tensors[2].grad is None and tensors[3].grad is None  # the stop-gradient side
+    assert negative_cosine(torch.tensor([[1.0, 0.0]]), torch.tensor([[2.0, 0.0]])).item() == pytest.approx(-1.0)
+
+
+def test_views_follow_dogo_recipe_at_the_crop_size():
+    strategy = build("simclr", ["data.augment.global_size=24"])
+    transform = strategy.train_transform()
+    out = transform(torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8))
+    assert len(out) == 2 and all(v.shape == (3, 24, 24) and v.dtype == torch.float32 for v in out)
+    ops = transform.views[0].transforms
+    crop = next(op for op in ops if isinstance(op, v2.RandomResizedCrop))
+    assert crop.scale == (0.08, 1.0)
+    jitter = next(op for op in ops if isinstance(op, v2.RandomApply) and isinstance(op.transforms[0], v2.ColorJitter))
+    colour = jitter.transforms[0]
+    assert jitter.p == 0.8 and colour.hue == pytest.approx((-0.2, 0.2))
+    assert colour.brightness == colour.contrast == colour.saturation == pytest.approx((0.2, 1.8))
+    assert next(op for op in ops if isinstance(op, v2.RandomGrayscale)).p == 0.2
+    assert not any(isinstance(op, v2.RandomApply) and isinstance(op.transforms[0], v2.GaussianBlur) for op in ops)
+
+
+@pytest.mark.parametrize("method", ["simclr", "simsiam"])
+def test_members_train_alone_without_teacher(method):
+    strategy = build(method, ["members.cnn2={backbone: cifar_resnet20, backbone_args: {widths: [4, 8, 8]}}"])
+    v = views()
+    losses = strategy(v, None, None, None)
+    assert set(losses) == {"cnn/loss", "cnn2/loss", "loss"}
+    cnn = strategy.members["cnn"]
+    assert cnn.teacher is None and cnn.eval_backbone() is cnn.backbone
+    objective = STRATEGIES.get(method)
+    expected = objective.loss(objective.embed(cnn.student, v[0], v[1]), strategy.options)
+    assert losses["cnn/loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    losses["cnn/loss"].backward()
+    assert all(p.grad is None for p in strategy.members["cnn2"].student.parameters())
+    assert all(p.grad is not None for p in cnn.student.parameters())
+
+
+def test_simclr_projector_is_dogos():
+    projector = build("simclr").members["cnn"].student["projector"]
+    first, norm, _, last = projector
+    assert first.bias is None and isinstance(norm, torch.nn.BatchNorm1d) and last.bias is not None
+    assert (first.in_features, first.out_features, last.out_features) == (8, 16, 8)
+
+
+@pytest.mark.parametrize("method", ["simclr", "simsiam"])
+def test_train_end_to_end(tmp_path, method):
+    run = tmp_path / method
+    assert main(["train", "--method", method, "--output-dir", str(run), *tiny(method)]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["method"] == method and 0 <= summary["members"]["cnn"]["knn_top1"] <= 100
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert "cnn/loss" in records[0] and math.isfinite(records[0]["loss"])
