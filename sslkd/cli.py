@@ -134,7 +134,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from sslkd.report import compare, compare_table, render, rich_table
+    from sslkd.report import compare, compare_table, rich_table
 
     text = compare(args.run_dirs, table=args.table, fmt=args.format)
     if args.output:

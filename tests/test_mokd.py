@@ -46,8 +46,7 @@ def test_loss_terms_are_the_paper_terms(tiny_cfg):
     )
     with torch.no_grad():
         def heads(module, crops):
-            pooled, tokens = [], []
-            mlp, thead = [], []
+            pooled, mlp, thead = [], [], []
             for crop in crops:
                 f, t, g = module["backbone"].forward_tokens(crop)
                 pooled.append(f)

@@ -97,8 +97,31 @@ def summary_rows(path: Path) -> list[dict]:
         ) from exc
 
 
+def _member_configs(run_dir: Path) -> dict:
+    """The run's resolved member configs from its config.yaml (empty when absent)."""
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    members = config.get("members") if isinstance(config, dict) else None
+    return members if isinstance(members, dict) else {}
+
+
+def backbone_identity(name: str, member_config: dict) -> str:
+    """The backbone name with the overrides that make it a different network (``vit_tiny_patch16_224[patch_size=4,
+    depth=4, ...]``), so runs compare only like with like and tables say what was trained."""
+    args = dict(member_config.get("backbone_args") or {})
+    if member_config.get("small_image_stem"):
+        args["small_image_stem"] = True
+    args.pop("img_size", None)
+    if not args:
+        return name
+    return f"{name}[{', '.join(f'{k}={v}' for k, v in args.items())}]"
+
+
 def _member_rows(summary: dict, path: Path) -> list[dict]:
     wall = summary.get("wall_time_s")
+    configs = _member_configs(path.parent)
     return [
         {
             "method": summary["method"],
@@ -107,7 +130,7 @@ def _member_rows(summary: dict, path: Path) -> list[dict]:
             "epochs": int(summary["epochs"]),
             "member": name,
             "member_index": index,
-            "backbone": member.get("backbone"),
+            "backbone": backbone_identity(member.get("backbone"), configs.get(name) or {}),
             "paper_name": member.get("paper_name"),
             "knn_top1": _accuracy(member.get("knn_top1")),
             "linear_top1": _accuracy(member.get("linear_top1")),

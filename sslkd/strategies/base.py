@@ -3,7 +3,6 @@ Strategy interface the trainer drives. A strategy owns no loop, optimiser or I/O
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Callable, ClassVar
 
@@ -94,10 +93,6 @@ class Strategy(nn.Module):
     def default_config(cls) -> dict:
         """The raw config `sslkd train --method NAME` runs when no --config is given."""
         return read_yaml(PACKAGE_CONFIGS / f"{cls.name}.yaml")
-
-    @classmethod
-    def option_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls.Options)]
 
     def crop_sizes(self) -> tuple[int, int]:
         aug = self.cfg.data.augment
