@@ -75,6 +75,10 @@ class Trainer:
         self.optimizers = {
             name: build_optimizer(member.student, member.cfg.optimizer) for name, member in self.strategy.members.items()
         }
+        self.student_params = {name: list(m.student.parameters()) for name, m in self.strategy.members.items()}
+        self.last_layer_params = {
+            name: [p for n, p in m.student.named_parameters() if "last_layer" in n] for name, m in self.strategy.members.items()
+        }
         self.use_amp = cfg.train.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
 
@@ -145,11 +149,10 @@ class Trainer:
             opt_cfg = member.cfg.optimizer
             self.scaler.unscale_(optimizer)
             if opt_cfg.clip_grad:
-                clip_per_parameter(list(member.student.parameters()), opt_cfg.clip_grad)
+                clip_per_parameter(self.student_params[name], opt_cfg.clip_grad)
             if info.epoch < opt_cfg.freeze_last_layer_epochs:
-                for param_name, param in member.student.named_parameters():
-                    if "last_layer" in param_name:
-                        param.grad = None
+                for param in self.last_layer_params[name]:
+                    param.grad = None
             self.scaler.step(optimizer)
         self.scaler.update()
         self.strategy.after_step(info)
@@ -283,15 +286,15 @@ class Trainer:
             atomic_write(metrics, lambda handle: handle.write("".join(f"{line}\n" for line in kept).encode()))
 
     # ----------------------------------------------------------------------------------------------- end
-    def _knn_record(self) -> dict:
-        results = evaluate_members(self.strategy, self.cfg, self.device)
+    def _knn_record(self, results: dict | None = None) -> dict:
+        results = results if results is not None else evaluate_members(self.strategy, self.cfg, self.device)
         return {f"knn/{name}": r["knn_top1"] for name, r in results.items()}
 
     def _finish(self) -> dict | None:
         results = evaluate_members(self.strategy, self.cfg, self.device)
         if not dist.is_main_process():
             return None
-        self._write_metrics({"epoch": self.epoch, "step": self.step, **{f"knn/{n}": r["knn_top1"] for n, r in results.items()}})
+        self._write_metrics({"epoch": self.epoch, "step": self.step, **self._knn_record(results)})
         summary = build_summary(self.cfg, self.strategy, results, self.wall_time)
         summary["skipped_steps"] = self.skipped_steps
         atomic_write(self.run_dir / "summary.json", lambda handle: handle.write(json.dumps(summary, indent=2).encode()))

@@ -83,7 +83,7 @@ def strategy_from_checkpoint(path, data_name: str | None = None, data_root: str 
     except RuntimeError as exc:
         raise UserError(f"checkpoint '{path}' does not match the {cfg.method} model its config describes") from exc
     if data_name is not None:
-        cfg.data.name, cfg.data.root, cfg.data.image_size = data_name, data_root, cfg.data.image_size
+        cfg.data.name, cfg.data.root = data_name, data_root
     elif data_root is not None:
         cfg.data.root = data_root
     return strategy, cfg

@@ -13,6 +13,7 @@ from sslkd.config import Config, MemberConfig, read_yaml, strategy_options, PACK
 from sslkd.data import DatasetInfo
 from sslkd.data.transforms import MultiCropTransform, scaled_crop_sizes
 from sslkd.engine.distributed import all_reduce_mean
+from sslkd.errors import UserError
 from sslkd.engine.schedules import ema_momentum
 from sslkd.losses import updated_center
 from sslkd.models.backbones import build_backbone
@@ -88,6 +89,22 @@ class Strategy(nn.Module):
         self.info = info
         self.options = strategy_options(cfg, self.Options)
         self.members = nn.ModuleDict()
+
+    def add_members(self, heads: Callable[[str, nn.Module, float], dict[str, nn.Module]], ema_teacher: bool) -> None:
+        """One member per ``members:`` entry: its backbone plus ``heads(name, backbone, drop_path_rate)``."""
+        for name, member_cfg in self.cfg.members.items():
+            def build(drop_path_rate: float, name=name, member_cfg=member_cfg) -> nn.ModuleDict:
+                backbone = build_member_backbone(member_cfg, drop_path_rate)
+                return nn.ModuleDict({"backbone": backbone, **heads(name, backbone, drop_path_rate)})
+
+            self.members[name] = Member(name, member_cfg, build, ema_teacher)
+
+    def require_members(self, minimum: int) -> None:
+        if len(self.cfg.members) < minimum:
+            raise UserError(
+                f"{self.name} needs at least {minimum} members, the config has {len(self.cfg.members)}; "
+                "add one under `members:`"
+            )
 
     @classmethod
     def default_config(cls) -> dict:

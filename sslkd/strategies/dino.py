@@ -9,13 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from sslkd.engine.schedules import linear_warmup_then_constant
 from sslkd.losses import dino_loss
 from sslkd.models.heads import DINOHead
 from sslkd.registry import STRATEGIES
-from sslkd.strategies.base import Centers, Member, StepInfo, Strategy, build_member_backbone, group_by_resolution
+from sslkd.strategies.base import Centers, StepInfo, Strategy, group_by_resolution
 
 
 @dataclass
@@ -50,12 +49,7 @@ class DINO(Strategy):
     def __init__(self, cfg, info):
         super().__init__(cfg, info)
         opts = self.options
-        for name, member_cfg in cfg.members.items():
-            def build(drop_path_rate: float, member_cfg=member_cfg) -> nn.ModuleDict:
-                backbone = build_member_backbone(member_cfg, drop_path_rate)
-                return nn.ModuleDict({"backbone": backbone, "dino": dino_head(backbone.num_features, opts)})
-
-            self.members[name] = Member(name, member_cfg, build, ema_teacher=True)
+        self.add_members(lambda name, backbone, rate: {"dino": dino_head(backbone.num_features, opts)}, ema_teacher=True)
         self.centers = Centers([f"{name}/dino" for name in self.members], opts.out_dim)
 
     def forward(self, views, labels, indices, step):

@@ -32,16 +32,16 @@ the pooled map), and its weaker colour jitter for SimSiam peers. Views are descr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Literal
 
 import torch
+from torch import nn
 
 from sslkd.errors import UserError
 from sslkd.losses import dogo_kd_loss, similarity_logits
 from sslkd.registry import STRATEGIES
-from sslkd.strategies.base import Member, Strategy
-from sslkd.strategies.simclr import PairOutputs, SimCLR, SimCLROptions, student_builder, two_view_transform
+from sslkd.strategies.base import Strategy
+from sslkd.strategies.simclr import PairOutputs, SimCLR, SimCLROptions, two_view_transform
 from sslkd.strategies.simsiam import SimSiam, SimSiamOptions
 
 OBJECTIVES = {"simclr": SimCLR, "simsiam": SimSiam}
@@ -67,10 +67,7 @@ class DoGo(Strategy):
     def __init__(self, cfg, info):
         super().__init__(cfg, info)
         opts = self.options
-        if len(cfg.members) < 2:
-            raise UserError(
-                f"dogo needs at least 2 members, the config has {len(cfg.members)}; add one under `members:`"
-            )
+        self.require_members(2)
         unknown = set(opts.objectives) - set(cfg.members)
         if unknown:
             raise UserError(
@@ -78,10 +75,12 @@ class DoGo(Strategy):
             )
         # every peer's objective, written back so the saved config.yaml names them all
         opts.objectives = {name: opts.objectives.get(name, "simclr") for name in cfg.members}
-        for name, member_cfg in cfg.members.items():
+
+        def heads(name: str, backbone: nn.Module, drop_path_rate: float) -> dict[str, nn.Module]:
             objective = opts.objectives[name]
-            heads = partial(OBJECTIVES[objective].heads, opts=getattr(opts, objective))
-            self.members[name] = Member(name, member_cfg, student_builder(member_cfg, heads), ema_teacher=False)
+            return OBJECTIVES[objective].heads(backbone.num_features, getattr(opts, objective))
+
+        self.add_members(heads, ema_teacher=False)
 
     def train_transform(self):
         return two_view_transform(self, 2 * len(self.members) if self.options.views == "per_peer" else 2)

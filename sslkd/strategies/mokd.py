@@ -39,7 +39,7 @@ from sslkd.errors import UserError
 from sslkd.losses import dino_loss, feature_search_loss
 from sslkd.models.heads import THead
 from sslkd.registry import STRATEGIES
-from sslkd.strategies.base import Centers, Member, Strategy, build_member_backbone, group_by_resolution
+from sslkd.strategies.base import Centers, Member, Strategy, group_by_resolution
 from sslkd.strategies.dino import DINOOptions, dino_head, teacher_temperature
 
 
@@ -72,8 +72,7 @@ class MOKD(Strategy):
     def __init__(self, cfg, info):
         super().__init__(cfg, info)
         opts = self.options
-        if len(cfg.members) < 2:
-            raise UserError(f"mokd needs at least 2 members, the config has {len(cfg.members)}; add one under `members:`")
+        self.require_members(2)
         unknown = set(opts.self_warmup_teacher_temp_epochs) - set(cfg.members)
         if unknown:
             raise UserError(
@@ -86,21 +85,20 @@ class MOKD(Strategy):
             raise UserError(f"mokd crosses two global views (Eq. 2-7): set data.augment.n_global=2, not {self.n_global}")
         global_size, _ = self.crop_sizes()
         thead_out = opts.thead_out_dim or opts.out_dim
-        for name, member_cfg in cfg.members.items():
-            def build(drop_path_rate: float, member_cfg=member_cfg) -> nn.ModuleDict:
-                backbone = build_member_backbone(member_cfg, drop_path_rate)
-                thead = THead(
-                    backbone.token_dim,
-                    dim=opts.thead_dim,
-                    depth=opts.thead_depth,
-                    num_heads=opts.thead_num_heads,
-                    out_dim=thead_out,
-                    grid=token_grid(backbone, global_size),
-                    drop_path_rate=drop_path_rate,
-                )
-                return nn.ModuleDict({"backbone": backbone, "dino": dino_head(backbone.num_features, opts), "thead": thead})
 
-            self.members[name] = Member(name, member_cfg, build, ema_teacher=True)
+        def heads(name: str, backbone: nn.Module, drop_path_rate: float) -> dict[str, nn.Module]:
+            thead = THead(
+                backbone.token_dim,
+                dim=opts.thead_dim,
+                depth=opts.thead_depth,
+                num_heads=opts.thead_num_heads,
+                out_dim=thead_out,
+                grid=token_grid(backbone, global_size),
+                drop_path_rate=drop_path_rate,
+            )
+            return {"dino": dino_head(backbone.num_features, opts), "thead": thead}
+
+        self.add_members(heads, ema_teacher=True)
         keys = [f"{name}/dino" for name in self.members]
         self.centers = Centers(keys, opts.out_dim)
         self.thead_centers = Centers([f"{name}/thead" for name in self.members], thead_out)

@@ -18,17 +18,14 @@ class's ``heads``/``embed``/``loss``, which DoGo reuses so a DoGo peer computes 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
-from typing import Callable
 
 import torch
 from torch import nn
 
-from sslkd.config import MemberConfig
 from sslkd.data.transforms import SimCLRTransform
 from sslkd.losses import nt_xent
 from sslkd.registry import STRATEGIES
-from sslkd.strategies.base import Member, Strategy, build_member_backbone
+from sslkd.strategies.base import Strategy
 
 
 @dataclass
@@ -73,24 +70,12 @@ def two_view_transform(strategy: Strategy, n_views: int) -> SimCLRTransform:
     return SimCLRTransform(size, mean=strategy.info.mean, std=strategy.info.std, n_views=n_views)
 
 
-def student_builder(member_cfg: MemberConfig, heads: Callable[[int], dict[str, nn.Module]]):
-    """The ``build(drop_path_rate)`` of a member: its backbone plus ``heads(backbone.num_features)``."""
-
-    def build(drop_path_rate: float) -> nn.ModuleDict:
-        backbone = build_member_backbone(member_cfg, drop_path_rate)
-        return nn.ModuleDict({"backbone": backbone, **heads(backbone.num_features)})
-
-    return build
-
-
 class TwoViewSSL(Strategy):
     """Every member trains alone with the class's two-view objective; one member is the usual baseline."""
 
     def __init__(self, cfg, info):
         super().__init__(cfg, info)
-        heads = partial(self.heads, opts=self.options)
-        for name, member_cfg in cfg.members.items():
-            self.members[name] = Member(name, member_cfg, student_builder(member_cfg, heads), ema_teacher=False)
+        self.add_members(lambda name, backbone, rate: self.heads(backbone.num_features, self.options), ema_teacher=False)
 
     @staticmethod
     def heads(in_dim: int, opts) -> dict[str, nn.Module]:
