@@ -14,7 +14,7 @@ from sslkd.cli import main
 from sslkd.config import load_config, strategy_options
 from sslkd.data import DatasetInfo
 from sslkd.errors import UserError
-from sslkd.losses import dogo_kd_loss, peer_ensemble, similarity_kl, similarity_logits
+from sslkd.losses.contrastive import dogo_kd_loss, peer_ensemble, similarity_kl, similarity_logits
 from sslkd.registry import STRATEGIES
 from sslkd.report import compare_table, load_paper_numbers, load_runs
 from sslkd.report.tables import dogo_table1

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from sslkd.losses import dino_loss, feature_search_loss, multicrop_cross_entropy, teacher_probs, updated_center
+from sslkd.losses.dino import dino_loss, feature_search_loss, multicrop_cross_entropy, teacher_probs, updated_center
 
 
 def softmax(values, temp):

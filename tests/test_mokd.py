@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sslkd.data import DatasetInfo
-from sslkd.losses import dino_loss, feature_search_loss
+from sslkd.losses.dino import dino_loss, feature_search_loss
 from sslkd.registry import STRATEGIES
 from sslkd.strategies.base import StepInfo
 

@@ -11,7 +11,7 @@ from torchvision.transforms import v2
 from sslkd.cli import main
 from sslkd.config import load_config
 from sslkd.data import DatasetInfo
-from sslkd.losses import negative_cosine, nt_xent, simsiam_loss
+from sslkd.losses.contrastive import negative_cosine, nt_xent, simsiam_loss
 from sslkd.registry import STRATEGIES
 
 INFO = DatasetInfo("fake", 10, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), tuple(str(i) for i in range(10)))

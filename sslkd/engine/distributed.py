@@ -29,3 +29,23 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     tensor = tensor.clone()
     dist.all_reduce(tensor)
     return tensor / world_size()
+
+
+def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` of every process concatenated along dim 0 (rank order), with gradients flowing back to each
+    process's own slice, as contrastive losses need for negatives from the whole global batch."""
+    if not is_distributed():
+        return tensor
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(tensor.contiguous()))
+
+
+@torch.no_grad()
+def all_gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` of every process concatenated along dim 0 (rank order), e.g. keys before they enter a queue."""
+    if not is_distributed():
+        return tensor
+    gathered = [torch.empty_like(tensor) for _ in range(world_size())]
+    dist.all_gather(gathered, tensor.contiguous())
+    return torch.cat(gathered)

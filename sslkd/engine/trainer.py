@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from sslkd.config import Config, save_config, to_dict
 from sslkd.data import build_dataset
-from sslkd.data.sampling import EpochSampler, SeededViews
+from sslkd.data.sampling import SeededViews
 from sslkd.engine import distributed as dist
 from sslkd.engine.checkpoint import atomic_write, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from sslkd.engine.optim import build_optimizer, clip_per_parameter, resolve_optim
@@ -83,7 +83,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
 
         batch = cfg.train.batch_size
-        self.sampler = EpochSampler(len(train_set), cfg.train.seed, rank=dist.rank(), world_size=dist.world_size())
+        self.sampler = self.strategy.train_sampler(train_set, batch, cfg.train.seed, dist.rank(), dist.world_size())
         if len(self.sampler) < batch:
             raise UserError(
                 f"train.batch_size={batch} is larger than the {len(self.sampler)} training images per process; lower it"

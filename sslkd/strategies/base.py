@@ -8,14 +8,16 @@ from typing import Callable, ClassVar
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset, Sampler
 
 from sslkd.config import Config, MemberConfig, read_yaml, strategy_options, PACKAGE_CONFIGS
 from sslkd.data import DatasetInfo
+from sslkd.data.sampling import EpochSampler
 from sslkd.data.transforms import MultiCropTransform, scaled_crop_sizes
 from sslkd.engine.distributed import all_reduce_mean
 from sslkd.errors import UserError
 from sslkd.engine.schedules import ema_momentum
-from sslkd.losses import updated_center
+from sslkd.losses.dino import updated_center
 from sslkd.models.backbones import build_backbone
 from sslkd.models.teacher import EMATeacher
 
@@ -131,6 +133,11 @@ class Strategy(nn.Module):
             mean=self.info.mean,
             std=self.info.std,
         )
+
+    def train_sampler(self, dataset: Dataset, batch_size: int, seed: int, rank: int, world_size: int) -> Sampler:
+        """The order of training items as (index, seed) pairs, one shard per process; a strategy that mines its
+        batches (MCL's class-aware batches) overrides this."""
+        return EpochSampler(len(dataset), seed, rank=rank, world_size=world_size)
 
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor, indices: torch.Tensor, step: StepInfo) -> dict[str, torch.Tensor]:
         raise NotImplementedError

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from sslkd.engine.schedules import linear_warmup_then_constant
-from sslkd.losses import dino_loss
+from sslkd.losses.dino import dino_loss
 from sslkd.models.heads import DINOHead
 from sslkd.registry import STRATEGIES
 from sslkd.strategies.base import Centers, StepInfo, Strategy, group_by_resolution

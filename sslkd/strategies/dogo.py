@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from sslkd.errors import UserError
-from sslkd.losses import dogo_kd_loss, similarity_logits
+from sslkd.losses.contrastive import dogo_kd_loss, similarity_logits
 from sslkd.registry import STRATEGIES
 from sslkd.strategies.base import Strategy
 from sslkd.strategies.simclr import PairOutputs, SimCLR, SimCLROptions, two_view_transform

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from sslkd.errors import UserError
-from sslkd.losses import dino_loss, feature_search_loss
+from sslkd.losses.dino import dino_loss, feature_search_loss
 from sslkd.models.heads import THead
 from sslkd.registry import STRATEGIES
 from sslkd.strategies.base import Centers, Member, Strategy, group_by_resolution

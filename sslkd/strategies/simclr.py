@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from sslkd.data.transforms import SimCLRTransform
-from sslkd.losses import nt_xent
+from sslkd.losses.contrastive import nt_xent
 from sslkd.registry import STRATEGIES
 from sslkd.strategies.base import Strategy
 

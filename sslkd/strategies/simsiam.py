@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sslkd.losses import simsiam_loss
+from sslkd.losses.contrastive import simsiam_loss
 from sslkd.registry import STRATEGIES
 from sslkd.strategies.simclr import PairOutputs, TwoViewSSL
 
