@@ -32,9 +32,19 @@ def _parser() -> argparse.ArgumentParser:
     protocols = evaluate.add_subparsers(dest="protocol", required=True)
     knn = protocols.add_parser("knn", help="weighted k-NN (DINO protocol) of a checkpoint's members")
     _add_checkpoint_args(knn)
+    from sslkd.eval.layers import add_layer_args
+
+    add_layer_args(knn)
     from sslkd.eval.linear import add_linear_parser
 
     add_linear_parser(protocols)
+    from sslkd.eval.classify import add_classify_parser
+
+    add_classify_parser(protocols)
+    from sslkd.eval import analysis, attention, consistency, layers, noisy, semisup, transfer, tsne
+
+    for module in (semisup, transfer, noisy, consistency, attention, tsne, layers, analysis):
+        module.add_parser(protocols)  # each sets args.run
 
     compare = commands.add_parser("compare", help="turn finished runs into a paper-style table")
     compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (or folders holding them)")
@@ -46,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--method", help="strategy name (see `sslkd list`)")
     bench.add_argument("--config", help="YAML config file (e.g. a CPU-proxy config)")
     bench.add_argument("--steps", type=int, default=5, help="timed steps (after one warm-up step)")
+    bench.add_argument("--max-seconds", type=float, default=20.0,
+                       help="stop timing steps after this long (at least two are timed) and the data pipeline after "
+                            "half of it, so big configs stay quick")
     bench.add_argument("--knn-size", default="10000,2000,384", help="k-NN benchmark: train,test,dim")
     bench.add_argument("--json", action="store_true", help="print the figures as JSON")
     bench.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
@@ -56,6 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="output file, e.g. vit.safetensors")
 
     commands.add_parser("list", help="list registered strategies, backbones, heads and data sets")
+
+    plot = commands.add_parser("plot", help="draw a run's loss terms, lr and k-NN over training (PNG)")
+    plot.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (holding metrics.jsonl)")
+    plot.add_argument("--out-dir", help="where to write the PNGs (default: RUN_DIR/plots)")
     return parser
 
 
@@ -68,7 +85,18 @@ def _add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train in this process, or in every process ``torchrun`` started (one process group, rank 0 writes)."""
+    from sslkd.engine import distributed as dist
+
+    try:
+        return _train(args)
+    finally:
+        dist.shutdown()
+
+
+def _train(args: argparse.Namespace) -> int:
     from sslkd.config import from_dict, load_config, read_yaml, Config
+    from sslkd.engine import distributed as dist
     from sslkd.engine.trainer import CHECKPOINT, Trainer
 
     if args.resume:
@@ -78,23 +106,27 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not (run_dir / "config.yaml").is_file() or not (run_dir / CHECKPOINT).is_file():
             raise UserError(f"'{run_dir}' holds no resumable run (config.yaml and {CHECKPOINT}); pass a run directory")
         cfg = from_dict(Config, read_yaml(run_dir / "config.yaml"))
+        dist.init_from_env(cfg.train.device)
         trainer = Trainer(cfg, run_dir, resume=True)
     else:
         cfg = load_config(args.method, args.config, args.overrides)
+        dist.init_from_env(cfg.train.device)
         if args.output_dir:
             cfg.output_dir = args.output_dir
         if cfg.output_dir is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             cfg.output_dir = f"runs/{cfg.method}-{cfg.data.name}-seed{cfg.train.seed}-{stamp}"
+        cfg.output_dir = dist.broadcast_object(cfg.output_dir)
         run_dir = Path(cfg.output_dir)
         if (run_dir / "summary.json").exists() and not args.overwrite:
             raise UserError(f"'{run_dir}' already holds a finished run; choose another --output-dir or pass --overwrite")
         if (run_dir / CHECKPOINT).exists() and not args.overwrite:
             raise UserError(f"'{run_dir}' holds an unfinished run; continue it with `sslkd train --resume {run_dir}` or pass --overwrite")
-        if args.overwrite:
+        trainer = Trainer(cfg, run_dir)
+        if args.overwrite and dist.is_main_process():
+            # only now: a config that fails to build a trainer leaves the old run untouched
             for name in ("summary.json", str(CHECKPOINT)):
                 (run_dir / name).unlink(missing_ok=True)
-        trainer = Trainer(cfg, run_dir)
     summary = trainer.fit()
     if summary is not None:
         _print_summary(summary, run_dir)
@@ -112,6 +144,9 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
         table.add_row(name, member["backbone"], f"{member['params_m']:.2f}", f"{member['knn_top1']:.2f}", f"{member['knn_dogo_mean']:.2f}")
     console = Console()
     console.print(table)
+    if "ensemble_test_top1" in summary:
+        tops = ", ".join(f"{name} {m['test_top1']:.2f}" for name, m in summary["members"].items())
+        console.print(f"test top-1: {tops}; ensemble {summary['ensemble_test_top1']:.2f}")
     console.print(f"run directory: {run_dir}")
 
 
@@ -121,6 +156,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.protocol == "linear":
         return cmd_linear(args)
+    if args.protocol == "classify":
+        from sslkd.eval.classify import cmd_classify
+
+        return cmd_classify(args)
+    if hasattr(args, "run"):
+        return args.run(args)
+    if args.layers:
+        from sslkd.eval.layers import cmd_knn_layers
+
+        return cmd_knn_layers(args)
     results = knn_of_checkpoint(args.checkpoint, member=args.member, data_name=args.data_name, data_root=args.data_root)
     if args.json:
         print(json.dumps(results, indent=2))
@@ -160,21 +205,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
     except (ValueError, AssertionError) as exc:
         raise UserError(f"--knn-size {args.knn_size!r} must be three integers train,test,dim (e.g. 50000,10000,384)") from exc
     cfg = load_config(args.method, args.config, args.overrides)
-    result = run_bench(cfg, steps=args.steps, knn_size=knn_size)
+    result = run_bench(cfg, steps=args.steps, knn_size=knn_size, max_seconds=args.max_seconds)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        table = Table(title=f"sslkd bench: {result['method']} (batch {result['batch_size']})")
+        table = Table(title=f"sslkd bench: {result['method']} (batch {result['batch_size']}, {result['device']}, "
+                            f"{result['precision']}, {result['timed_steps']} timed steps)")
         table.add_column("measure")
         table.add_column("value", justify="right")
         rows = [
             ("full training step", f"{result['step_s'] * 1000:.1f} ms"),
             ("network passes only", f"{result['network_s'] * 1000:.1f} ms"),
+            ("overhead ratio by CPU time", f"{result['overhead_ratio_cpu']:.2f}"),
             ("training images/s", f"{result['train_images_per_s']:.1f}"),
-            (f"data pipeline images/s ({result['data_workers']} workers)", f"{result['data_images_per_s']:.1f}"),
+            (f"data pipeline images/s ({result['data_workers']} workers)",
+             f"{result['data_images_per_s']:.1f} ({result['data_to_train']:.1f}x training)"),
             ("peak memory", f"{result['peak_memory_mb']:.0f} MB"),
             ("k-NN k=20 of {}x{} (dim {})".format(*result["knn_size"][:2][::-1], result["knn_size"][2]), f"{result['knn_s']:.2f} s"),
-            ("bare matrix product, same size", f"{result['matmul_s']:.2f} s"),
+            ("bare matrix product, same size", f"{result['matmul_s']:.2f} s ({result['knn_to_matmul']:.2f}x)"),
         ]
         for row in rows:
             table.add_row(*row)
@@ -200,7 +248,24 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "compare": cmd_compare, "export": cmd_export, "bench": cmd_bench, "list": cmd_list}
+def cmd_plot(args: argparse.Namespace) -> int:
+    from sslkd.report.plots import plot_run
+
+    for path in plot_run(args.run_dir, args.out_dir):
+        print(path)
+    return 0
+
+
+def one_line(exc: UserError) -> str:
+    """The message of a UserError; one raised in a DataLoader worker arrives wrapped with the worker's traceback,
+    whose last line is the original message."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return str(exc)
+    return lines[-1].split("UserError: ", 1)[-1]
+
+
+COMMANDS = {"plot": cmd_plot, "train": cmd_train, "eval": cmd_eval, "compare": cmd_compare, "export": cmd_export, "bench": cmd_bench, "list": cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         load_plugins(args.plugin)
         return COMMANDS[args.command](args)
     except UserError as exc:
-        print(f"sslkd: error: {exc}", file=sys.stderr)
+        print(f"sslkd: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sslkd: interrupted; resume a training run with `sslkd train --resume RUN_DIR`", file=sys.stderr)

@@ -36,13 +36,16 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    """``train_subset``: train on a fixed random subset of this many images (quick runs; k-NN still uses all)."""
+    """``train_subset``: train on a fixed random subset of this many images (quick runs; k-NN still uses all).
+    ``skip_corrupt``: leave out image files that cannot be decoded (counted in summary.json) instead of stopping
+    with an error naming the file."""
 
     name: str = "digits"
     root: str | None = None
     image_size: int | None = None
     num_workers: int = 2
     train_subset: int | None = None
+    skip_corrupt: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -79,15 +82,30 @@ class MemberConfig:
 @dataclass
 class TrainConfig:
     """``on_nonfinite``: a NaN/Inf loss stops the run (the last checkpoint is kept), or the step is skipped and
-    counted in metrics.jsonl (``skipped_steps``)."""
+    counted in metrics.jsonl (``skipped_steps``). ``batch_size`` is per process (DINO's batch_size_per_gpu): under
+    torchrun the global batch, and the lr scaling, use batch_size x processes. ``checkpoint_every`` is in epochs;
+    ``checkpoint_every_steps`` (0: off) also checkpoints mid-epoch, and a resumed run continues at that batch.
+    ``sync_bn``: under torch.distributed, batch norm uses the statistics of the global batch (SyncBN), so W
+    processes compute what one process with the whole batch does (MOKD, DINO, SimCLR, MoCo v3, BYOL train so).
+
+    Speed options (``sslkd bench`` measures them): ``precision`` is the autocast of the forward passes: ``auto``
+    is fp16 AMP with loss scaling on a GPU when ``amp`` is true and fp32 otherwise; ``bf16`` autocasts to bfloat16
+    on CPU or GPU (no scaling needed); ``fp16-amp`` needs a GPU. ``channels_last`` stores CNN members' weights
+    (and so their activations) channels-last. ``compile`` wraps every backbone in ``torch.compile``.
+    """
 
     epochs: int = 100
     batch_size: int = 64
     seed: int = 0
     device: str = "auto"
     amp: bool = True
+    precision: Literal["auto", "fp32", "bf16", "fp16-amp"] = "auto"
+    channels_last: bool = True
+    compile: bool = False
     log_every: int = 10
     checkpoint_every: int = 1
+    checkpoint_every_steps: int = 0
+    sync_bn: bool = True
     on_nonfinite: Literal["stop", "skip"] = "stop"
 
 

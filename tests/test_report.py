@@ -140,7 +140,7 @@ def test_runs_table_and_auto_choice(sweep):
 
 
 def test_unknown_table_or_format_is_a_user_error(sweep):
-    with pytest.raises(UserError, match="unknown table 'mokd_tabel1'.*Known: dogo_table1, mokd_table1, runs, or auto"):
+    with pytest.raises(UserError, match="unknown table 'mokd_tabel1'.*Known: .*dogo_table1, .*mokd_table1, .*runs, .*or auto"):
         compare([sweep], table="mokd_tabel1")
     with pytest.raises(UserError, match="unknown format 'html'"):
         compare([sweep], fmt="html")
@@ -199,5 +199,5 @@ def test_paper_numbers_transcribed():
     for row in t3[t3.method == "MOKD"].itertuples():
         assert row.linear == value(*row.pair.split("-"), "linear", "mokd", row.member)
     assert t3[(t3.method == "ReKD") & (t3.pair == "R50-R34")].linear.isna().all()
-    with pytest.raises(UserError, match="unknown paper table 'mokd_table9'. Known: dogo_table1, mokd_table1"):
-        load_paper_numbers("mokd_table9")
+    with pytest.raises(UserError, match="unknown paper table 'mokd_table99'. Known: .*dogo_table1, .*mokd_table1"):
+        load_paper_numbers("mokd_table99")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 from torch.utils.data import Dataset
 
 from sslkd.data import datasets, transforms
@@ -32,6 +34,10 @@ __all__ = [
 ]
 
 
-def build_dataset(name: str, root=None, split: str = "train", transform=None) -> Dataset:
-    """The registered data set ``name`` at ``root`` (ignored by "digits"); items are (view(s), label, index)."""
-    return DATASETS.get(name)(root, split, transform)
+def build_dataset(name: str, root=None, split: str = "train", transform=None, skip_corrupt: bool = False) -> Dataset:
+    """The registered data set ``name`` at ``root`` (ignored by "digits"); items are (view(s), label, index).
+    ``skip_corrupt`` leaves out undecodable image files, for the data sets made of image files."""
+    builder = DATASETS.get(name)
+    if skip_corrupt and "skip_corrupt" in inspect.signature(builder).parameters:
+        return builder(root, split, transform, skip_corrupt=True)
+    return builder(root, split, transform)

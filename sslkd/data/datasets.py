@@ -146,7 +146,7 @@ def decode_file(path: str | Path) -> torch.Tensor:
         img = decode_image(str(path), mode=ImageReadMode.RGB)
     except (RuntimeError, OSError, ValueError) as exc:
         raise UserError(f"cannot decode image file '{path}' ({str(exc).splitlines()[0]}): "
-                        "replace or delete the corrupt file") from exc
+                        "replace or delete it, or set data.skip_corrupt=true to leave such files out") from exc
     if img.dtype != torch.uint8:
         img = TF.to_dtype(img, torch.uint8, scale=True)
     return img
@@ -349,10 +349,43 @@ def _remove_stale(prefix: str, keep: str) -> None:
             old.unlink(missing_ok=True)
 
 
+def readable_files(paths: Sequence[str], labels: Sequence[int]) -> tuple[list[str], list[int], list[str]]:
+    """(paths, labels) of the files that decode, and the paths of those that do not (``data.skip_corrupt``)."""
+    kept, kept_labels, skipped = [], [], []
+    for path, label in zip(paths, labels):
+        try:
+            decode_file(path)
+        except UserError:
+            skipped.append(path)
+            continue
+        kept.append(path)
+        kept_labels.append(label)
+    if not kept:
+        raise UserError(f"none of the {len(paths)} image files (e.g. '{paths[0]}') can be decoded: check data.root")
+    return kept, kept_labels, skipped
+
+
 def _folder_dataset(name: str, split: str, paths: list[str], labels: list[int], classes: Sequence[str],
                     transform: Transform | None, train_paths: list[str] | None,
-                    stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> ImageDataset:
-    """Build an in-memory or lazy data set from image files; mean/std come from ``train_paths`` when given."""
+                    stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+                    skip_corrupt: bool = False) -> ImageDataset:
+    """Build an in-memory or lazy data set from image files; mean/std come from ``train_paths`` when given.
+
+    A file that cannot be decoded stops with an error naming it; with ``skip_corrupt`` every file is decoded once
+    up front and the unreadable ones are left out, listed in the data set's ``skipped_files``."""
+    skipped: list[str] = []
+    if skip_corrupt:
+        paths, labels, skipped = readable_files(paths, labels)
+        if train_paths is not None and train_paths != paths:
+            train_paths = readable_files(train_paths, [0] * len(train_paths))[0]
+    dataset = _build_folder_dataset(name, split, paths, labels, classes, transform, train_paths, stats)
+    dataset.skipped_files = skipped
+    return dataset
+
+
+def _build_folder_dataset(name: str, split: str, paths: list[str], labels: list[int], classes: Sequence[str],
+                          transform: Transform | None, train_paths: list[str] | None,
+                          stats: tuple[tuple[float, ...], tuple[float, ...]] | None) -> ImageDataset:
     decoded = _decode_folder(f"{name}-{split}", paths)
     if stats is None:
         if train_paths is not None and train_paths != paths:
@@ -504,7 +537,8 @@ def _class_folder_files(name: str, root: Path, split_dir: Path, classes: Sequenc
 
 
 def _image_folder(name: str, root, split: str, transform: Transform | None,
-                  stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> ImageDataset:
+                  stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+                  skip_corrupt: bool = False) -> ImageDataset:
     base = _require_root(name, root, "folder_with_<split>/<class>/<images>")
     split_dir = base / split
     if not split_dir.is_dir():
@@ -519,24 +553,26 @@ def _image_folder(name: str, root, split: str, transform: Transform | None,
     train_paths = None
     if train_dir.is_dir() and split != "train" and stats is None:
         train_paths = _class_folder_files(name, base, train_dir, classes)[0]
-    return _folder_dataset(name, split, paths, labels, classes, transform, train_paths, stats)
+    return _folder_dataset(name, split, paths, labels, classes, transform, train_paths, stats, skip_corrupt)
 
 
 @DATASETS.register("imagefolder")
-def build_imagefolder(root, split: str = "train", transform: Transform | None = None) -> ImageDataset:
+def build_imagefolder(root, split: str = "train", transform: Transform | None = None,
+                      skip_corrupt: bool = False) -> ImageDataset:
     """``root/<split>/<class>/<image>`` (PNG/JPEG/WebP); classes are the sorted folder names of ``root/train``.
 
     mean/std are measured on the train split (or on ``split`` when there is no train folder).
     """
-    return _image_folder("imagefolder", root, split, transform)
+    return _image_folder("imagefolder", root, split, transform, skip_corrupt=skip_corrupt)
 
 
 @DATASETS.register("imagenet")
-def build_imagenet(root, split: str = "train", transform: Transform | None = None) -> ImageDataset:
+def build_imagenet(root, split: str = "train", transform: Transform | None = None,
+                   skip_corrupt: bool = False) -> ImageDataset:
     """ImageNet in ImageFolder layout (``train/``, ``val/``); split "test" reads ``val``; ImageNet mean/std."""
     _check_split("imagenet", split, ("train", "val", "test"))
     return _image_folder("imagenet", root, "val" if split == "test" else split, transform,
-                         stats=(IMAGENET_MEAN, IMAGENET_STD))
+                         stats=(IMAGENET_MEAN, IMAGENET_STD), skip_corrupt=skip_corrupt)
 
 
 def _tiny_train_files(base: Path, wnids: Sequence[str]):
@@ -552,7 +588,8 @@ def _tiny_train_files(base: Path, wnids: Sequence[str]):
 
 
 @DATASETS.register("tiny_imagenet")
-def build_tiny_imagenet(root, split: str = "train", transform: Transform | None = None) -> ImageDataset:
+def build_tiny_imagenet(root, split: str = "train", transform: Transform | None = None,
+                        skip_corrupt: bool = False) -> ImageDataset:
     """Tiny-ImageNet-200 release layout; split "val" or "test" reads ``val/`` via ``val_annotations.txt``.
 
     Classes are the sorted wnids of ``wnids.txt``; mean/std are measured on the train split.
@@ -563,7 +600,8 @@ def build_tiny_imagenet(root, split: str = "train", transform: Transform | None 
     wnids = sorted({w.strip() for w in (base / "wnids.txt").read_text().split() if w.strip()})
     train_paths, train_labels = _tiny_train_files(base, wnids)
     if split == "train":
-        return _folder_dataset("tiny_imagenet", "train", train_paths, train_labels, wnids, transform, None)
+        return _folder_dataset("tiny_imagenet", "train", train_paths, train_labels, wnids, transform, None,
+                               skip_corrupt=skip_corrupt)
     annotations = base / "val" / "val_annotations.txt"
     if not annotations.is_file():
         raise UserError(f"missing '{annotations}': the data root must hold the complete tiny-imagenet-200 release")
@@ -582,4 +620,5 @@ def build_tiny_imagenet(root, split: str = "train", transform: Transform | None 
         labels.append(index[fields[1]])
     if not paths:
         raise UserError(f"no images listed in '{annotations}': re-download the tiny-imagenet-200 release")
-    return _folder_dataset("tiny_imagenet", "val", paths, labels, wnids, transform, train_paths)
+    return _folder_dataset("tiny_imagenet", "val", paths, labels, wnids, transform, train_paths,
+                           skip_corrupt=skip_corrupt)

@@ -1,9 +1,11 @@
 """``sslkd bench``: what a strategy costs beyond the network passes it needs.
 
 On one fixed batch it times (interleaved, medians) full training steps and the strategy's ``network_passes``
-(students forward and backward, teachers forward); their ratio is the runner's overhead: losses, EMA updates,
-centers, clipping, optimiser steps, bookkeeping. It also times the data pipeline alone and exact k-NN against a
-bare matrix product of the same size.
+(students forward and backward, teachers forward) under the run's own precision, memory format and compilation
+(``train.precision``, ``train.channels_last``, ``train.compile``); their ratio is the runner's overhead: losses,
+EMA updates, centers, clipping, optimiser steps, bookkeeping. Both wall time and process CPU time are taken: on a
+machine shared with other jobs the wall clock counts time spent waiting for a core, the CPU time much less so.
+It also times the data pipeline alone and exact k-NN against a bare matrix product of the same size.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 import torch
 
 from sslkd.config import Config
+from sslkd.engine.performance import autocast
 from sslkd.engine.trainer import Trainer
 from sslkd.eval.knn import knn_predict
 from sslkd.strategies.base import StepInfo
@@ -27,15 +30,23 @@ def _sync(device: torch.device) -> None:
 
 
 def _timed(fn, device: torch.device) -> float:
+    return _timed_both(fn, device)[0]
+
+
+def _timed_both(fn, device: torch.device) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of ``fn()``."""
     _sync(device)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     fn()
     _sync(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - start_cpu
 
 
-def bench_steps(trainer: Trainer, steps: int, warmup: int) -> tuple[float, float]:
-    """Median seconds of a full training step and of the network passes alone, on the same batch."""
+def bench_steps(trainer: Trainer, steps: int, warmup: int, max_seconds: float = float("inf")) -> dict[str, float]:
+    """Median seconds (wall and CPU) of a full training step and of the network passes alone, on the same batch.
+
+    Stops early, after at least two timed pairs, once ``max_seconds`` have been spent timing.
+    """
     views, labels, indices = next(iter(trainer.loader))
     device_views = [v.to(trainer.device) for v in views]
     strategy = trainer.strategy
@@ -49,30 +60,44 @@ def bench_steps(trainer: Trainer, steps: int, warmup: int) -> tuple[float, float
     def passes() -> None:
         for optimizer in trainer.optimizers.values():
             optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(trainer.device.type, dtype=torch.float16, enabled=trainer.use_amp):
+        with autocast(trainer.device, trainer.autocast_dtype):
             output = strategy.network_passes(device_views)
         output.backward()
 
     full, network = [], []
+    start = time.perf_counter()
     for i in range(warmup + steps):
-        f = _timed(lambda: full_step(i), trainer.device)
-        n = _timed(passes, trainer.device)
+        f = _timed_both(lambda i=i: full_step(i), trainer.device)
+        n = _timed_both(passes, trainer.device)
         if i >= warmup:
             full.append(f)
             network.append(n)
-    return statistics.median(full), statistics.median(network)
+            if len(full) >= 2 and time.perf_counter() - start > max_seconds:
+                break
+    return {
+        "step_s": statistics.median(f[0] for f in full),
+        "network_s": statistics.median(n[0] for n in network),
+        "step_cpu_s": statistics.median(f[1] for f in full),
+        "network_cpu_s": statistics.median(n[1] for n in network),
+        "timed_steps": len(full),
+    }
 
 
-def bench_data(trainer: Trainer, batches: int) -> float:
-    """Images per second the data loader delivers alone (after its first batch, which pays worker start-up)."""
+def bench_data(trainer: Trainer, batches: int, max_seconds: float = float("inf")) -> float:
+    """Images per second the data loader delivers alone, in steady state: the first batch of each worker (which
+    pay start-up and arrive together) are not timed. Stops early, after at least three batches, past
+    ``max_seconds``."""
     iterator = iter(trainer.loader)
-    next(iterator)
+    for _ in range(max(1, trainer.loader.num_workers)):
+        next(iterator)
     start = time.perf_counter()
     count = 0
-    for _ in range(batches):
+    for i in range(batches):
         try:
             count += next(iterator)[1].shape[0]
         except StopIteration:
+            break
+        if i >= 2 and time.perf_counter() - start > max_seconds:
             break
     return count / (time.perf_counter() - start)
 
@@ -94,26 +119,35 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_bench(cfg: Config, steps: int = 5, warmup: int = 1, data_batches: int = 10,
-              knn_size: tuple[int, int, int] = (10000, 2000, 384)) -> dict:
+def run_bench(cfg: Config, steps: int = 5, warmup: int = 1, data_batches: int = 20,
+              knn_size: tuple[int, int, int] = (10000, 2000, 384), max_seconds: float = float("inf")) -> dict:
+    """Every figure of ``sslkd bench``; ``max_seconds`` bounds the time spent timing steps (at least two)."""
     with tempfile.TemporaryDirectory(prefix="sslkd-bench-") as run_dir:
         trainer = Trainer(cfg, run_dir)
-        full, network = bench_steps(trainer, steps, warmup)
-        data_images_per_s = bench_data(trainer, data_batches)
+        times = bench_steps(trainer, steps, warmup, max_seconds)
+        data_images_per_s = bench_data(trainer, data_batches, max_seconds / 2)
         device = trainer.device
+        precision = str(trainer.autocast_dtype or torch.float32).removeprefix("torch.")
     knn_time, mm_time = bench_knn(*knn_size)
     batch = cfg.train.batch_size
+    train_images_per_s = batch / times["step_s"]
     return {
         "method": cfg.method,
         "batch_size": batch,
-        "step_s": full,
-        "network_s": network,
-        "train_images_per_s": batch / full,
+        "device": str(device),
+        "precision": precision,
+        "channels_last": cfg.train.channels_last,
+        "compile": cfg.train.compile,
+        **times,
+        "train_images_per_s": train_images_per_s,
         "data_images_per_s": data_images_per_s,
         "data_workers": cfg.data.num_workers,
+        "data_to_train": data_images_per_s / train_images_per_s,
         "peak_memory_mb": peak_memory_mb(device),
         "knn_size": list(knn_size),
         "knn_s": knn_time,
         "matmul_s": mm_time,
-        "overhead_ratio": full / network,
+        "knn_to_matmul": knn_time / mm_time,
+        "overhead_ratio_cpu": times["step_cpu_s"] / times["network_cpu_s"],
+        "overhead_ratio": times["step_s"] / times["network_s"],
     }

@@ -34,6 +34,14 @@ def atomic_write(path: Path, write) -> None:
         raise
 
 
+def remove_partial_writes(path: Path) -> None:
+    """Delete the temporary files a process killed in the middle of ``atomic_write(path)`` left behind (a
+    checkpoint's worth of disk each); ``path`` itself is untouched."""
+    path = Path(path)
+    for partial in path.parent.glob(f".{path.name}.*.tmp"):
+        partial.unlink(missing_ok=True)
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     atomic_write(path, lambda handle: torch.save({"format": FORMAT, **state}, handle))
 

@@ -3,25 +3,44 @@ back-propagates their total, steps one optimiser per member, and calls the strat
 
 from __future__ import annotations
 
+import inspect
+import itertools
 import json
 import random
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from torch.utils.data import DataLoader, Dataset, Subset
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from sslkd.config import Config, save_config, to_dict
 from sslkd.data import build_dataset
 from sslkd.data.sampling import SeededViews
 from sslkd.engine import distributed as dist
-from sslkd.engine.checkpoint import atomic_write, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from sslkd.engine.checkpoint import (
+    atomic_write,
+    load_checkpoint,
+    remove_partial_writes,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from sslkd.engine.optim import build_optimizer, clip_per_parameter, resolve_optim
+from sslkd.engine.performance import autocast, autocast_dtype, prepare_members
 from sslkd.engine.schedules import cosine, warmup_cosine
 from sslkd.errors import UserError
+from sslkd.eval.classify import add_test_accuracy
 from sslkd.eval.protocol import evaluate_members
 from sslkd.registry import STRATEGIES
 from sslkd.strategies.base import StepInfo, Strategy
@@ -31,13 +50,15 @@ CHECKPOINT = Path("checkpoints") / "last.pt"
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError as exc:
         raise UserError(f"config key 'train.device': {name!r} is not a device; use auto, cpu or cuda[:N]") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("train.device=cuda but no GPU is visible; use train.device=cpu (or auto)")
+    if device.type == "cuda" and device.index is None and dist.is_distributed():
+        return torch.device("cuda", dist.local_rank())
     return device
 
 
@@ -54,6 +75,32 @@ def fixed_subset(dataset: Dataset, size: int, seed: int) -> Dataset:
     return Subset(dataset, order[:size].tolist())
 
 
+class StartableSampler(Sampler):
+    """Gives a sampler whose ``set_epoch(epoch)`` cannot start mid-epoch the ``set_epoch(epoch, start)`` of
+    ``EpochSampler``: the first ``start`` items of the epoch are drawn and dropped (indices only, no images)."""
+
+    def __init__(self, sampler: Sampler):
+        self.sampler = sampler
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.sampler.set_epoch(epoch)
+        self.start = start
+
+    def __iter__(self):
+        return itertools.islice(iter(self.sampler), self.start, None)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+def startable(sampler: Sampler) -> Sampler:
+    """``sampler`` itself if its ``set_epoch`` takes ``start`` (a run resumed mid-epoch), else wrapped."""
+    if "start" in inspect.signature(sampler.set_epoch).parameters:
+        return sampler
+    return StartableSampler(sampler)
+
+
 class Trainer:
     """Builds the data, the strategy and one optimiser per member from a config, then runs or resumes training."""
 
@@ -65,13 +112,23 @@ class Trainer:
         self.device = pick_device(cfg.train.device)
         seed_everything(cfg.train.seed + dist.rank())
 
-        train_set = train_set if train_set is not None else build_dataset(cfg.data.name, cfg.data.root, "train")
+        if train_set is None:
+            train_set = build_dataset(cfg.data.name, cfg.data.root, "train", skip_corrupt=cfg.data.skip_corrupt)
+        skipped = getattr(train_set, "skipped_files", [])
+        self.skipped_images = len(skipped)
+        if skipped and dist.is_main_process():
+            self.console.print(f"left out {len(skipped)} image files that cannot be decoded (data.skip_corrupt), "
+                               f"e.g. {skipped[0]}", highlight=False)
         self.info = train_set.info
         if cfg.data.train_subset is not None:
             train_set = fixed_subset(train_set, cfg.data.train_subset, cfg.train.seed)
         self.strategy: Strategy = STRATEGIES.get(cfg.method)(cfg, self.info).to(self.device)
+        if dist.world_size() > 1 and cfg.train.sync_bn:
+            dist.convert_sync_batchnorm(self.strategy, self.device)
+        dist.broadcast_state(self.strategy)
         for member in self.strategy.members.values():
             member.cfg.optimizer = resolve_optim(member.cfg.optimizer, member.kind)
+        prepare_members(self.strategy, cfg.train)
         self.optimizers = {
             name: build_optimizer(member.student, member.cfg.optimizer) for name, member in self.strategy.members.items()
         }
@@ -79,25 +136,28 @@ class Trainer:
         self.last_layer_params = {
             name: [p for n, p in m.student.named_parameters() if "last_layer" in n] for name, m in self.strategy.members.items()
         }
-        self.use_amp = cfg.train.amp and self.device.type == "cuda"
+        self.autocast_dtype = autocast_dtype(cfg.train, self.device)
+        self.use_amp = self.autocast_dtype == torch.float16  # fp16 needs loss scaling; bf16 does not
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
 
         batch = cfg.train.batch_size
         self.sampler = self.strategy.train_sampler(train_set, batch, cfg.train.seed, dist.rank(), dist.world_size())
         if len(self.sampler) < batch:
             raise UserError(
-                f"train.batch_size={batch} is larger than the {len(self.sampler)} training images per process; lower it"
+                f"train.batch_size={batch} is larger than the {len(train_set) // dist.world_size()} training images per "
+                "process; lower it"
             )
         workers = cfg.data.num_workers
         self.loader = DataLoader(
             SeededViews(train_set, self.strategy.train_transform()),
             batch_size=batch,
-            sampler=self.sampler,
+            sampler=startable(self.sampler),
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=self.device.type == "cuda",
             drop_last=True,
             prefetch_factor=4 if workers > 0 else None,
+            generator=torch.Generator().manual_seed(cfg.train.seed),
         )
         self.steps_per_epoch = len(self.loader)
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
@@ -133,20 +193,24 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------------- one step
     def train_step(self, views, labels, indices, info: StepInfo) -> dict[str, torch.Tensor] | None:
-        """One optimisation step; returns the losses, or None when a non-finite loss made it skip the step."""
+        """One optimisation step; returns the losses (detached, averaged over processes), or None when a
+        non-finite loss (in any process) made it skip the step."""
         views = [v.to(self.device, non_blocking=True) for v in views]
         labels = labels.to(self.device, non_blocking=True)
         indices = indices.to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+        with autocast(self.device, self.autocast_dtype):
             losses = self.strategy(views, labels, indices, info)
-        if not bool(torch.isfinite(losses["loss"])):
-            return self._non_finite(losses, info)
+        values = dist.all_reduce_mean(torch.stack([value.detach().float() for value in losses.values()]))
+        reported = dict(zip(losses, values))
+        if not bool(torch.isfinite(values).all()):
+            return self._non_finite(reported, info)
         for optimizer in self.optimizers.values():
             optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["loss"]).backward()
         for name, member in self.strategy.members.items():
             optimizer = self.optimizers[name]
             opt_cfg = member.cfg.optimizer
+            dist.average_gradients(self.student_params[name])
             self.scaler.unscale_(optimizer)
             if opt_cfg.clip_grad:
                 clip_per_parameter(self.student_params[name], opt_cfg.clip_grad)
@@ -156,7 +220,7 @@ class Trainer:
             self.scaler.step(optimizer)
         self.scaler.update()
         self.strategy.after_step(info)
-        return losses
+        return reported
 
     def _non_finite(self, losses: dict[str, torch.Tensor], info: StepInfo) -> None:
         """Name the step and the loss terms that are NaN/Inf; stop (keeping the last checkpoint) or skip."""
@@ -166,8 +230,10 @@ class Trainer:
             self._write_metrics({"step": info.step + 1, "epoch": info.epoch, "skipped_steps": self.skipped_steps,
                                  "nonfinite_terms": bad})
             return None
+        where = "; ".join(f"{name} (member {name.split('/')[0]}, term {name.split('/', 1)[1]})" if "/" in name
+                          else f"{name} (a term of no single member)" for name in bad or ["loss"])
         raise UserError(
-            f"loss is not finite at step {info.step} (epoch {info.epoch}) in {', '.join(bad) or 'loss'}; the last good "
+            f"loss is not finite at step {info.step} (epoch {info.epoch}) in {where}; the last good "
             f"checkpoint {self.run_dir / CHECKPOINT} is kept: lower the learning rate, or set train.on_nonfinite=skip, "
             f"then resume with sslkd train --resume {self.run_dir}"
         )
@@ -179,12 +245,15 @@ class Trainer:
         cfg = self.cfg
         last_epoch = cfg.train.epochs if stop_at_epoch is None else min(stop_at_epoch, cfg.train.epochs)
         self.strategy.train()
+        self._clock = time.perf_counter()
+        every_steps = cfg.train.checkpoint_every_steps
         with self._progress() as progress:
             task = progress.add_task(f"{cfg.method}", total=self.total_steps, completed=self.step, info="")
             for epoch in range(self.epoch, last_epoch):
-                self.sampler.set_epoch(epoch)
+                # a run resumed from a mid-epoch checkpoint starts at the batch after the last one it trained on
+                done = self.step - epoch * self.steps_per_epoch
+                self.loader.sampler.set_epoch(epoch, start=done * cfg.train.batch_size)
                 tick, tick_step = time.perf_counter(), self.step
-                epoch_start = tick
                 for views, labels, indices in self.loader:
                     info = StepInfo(self.step, epoch, self.steps_per_epoch, self.total_steps)
                     lrs = self.set_schedules(info)
@@ -199,11 +268,16 @@ class Trainer:
                         progress.update(task, completed=self.step, info=self._short(record))
                     else:
                         progress.update(task, completed=self.step)
-                self.wall_time += time.perf_counter() - epoch_start
+                    if every_steps and self.step % every_steps == 0 and self.step % self.steps_per_epoch:
+                        self._save()
                 self.epoch = epoch + 1
+                self._advance_clock()
                 if cfg.eval.every_epochs and self.epoch % cfg.eval.every_epochs == 0 and self.epoch < cfg.train.epochs:
-                    self._write_metrics({"epoch": self.epoch, "step": self.step, **self._knn_record()})
-                    self.strategy.train()
+                    if dist.is_main_process():
+                        self._write_metrics({"epoch": self.epoch, "step": self.step, **self._knn_record()})
+                        self.strategy.train()
+                    dist.barrier()
+                    self._clock = time.perf_counter()
                 if self.epoch % cfg.train.checkpoint_every == 0 or self.epoch == last_epoch:
                     self._save()
         if self.epoch < cfg.train.epochs:
@@ -243,16 +317,37 @@ class Trainer:
 
     def _write_metrics(self, record: dict) -> None:
         if dist.is_main_process():
-            with open(self.run_dir / "metrics.jsonl", "a") as handle:
+            with self._writing(self.run_dir / "metrics.jsonl"), open(self.run_dir / "metrics.jsonl", "a") as handle:
                 handle.write(json.dumps(record) + "\n")
+
+    @contextmanager
+    def _writing(self, path: Path):
+        """Turn a failed write (full disk, lost permission) into one line; checkpoints are written atomically, so
+        the previous one is still whole."""
+        try:
+            yield
+        except OSError as exc:
+            raise UserError(
+                f"cannot write '{path}' ({exc.strerror or exc}); the last complete checkpoint "
+                f"{self.run_dir / CHECKPOINT} is intact: free space, then `sslkd train --resume {self.run_dir}`"
+            ) from exc
+
+    def _advance_clock(self) -> None:
+        """Add the training time since the last call to ``wall_time`` (evaluation time is not counted)."""
+        now = time.perf_counter()
+        self.wall_time += now - self._clock
+        self._clock = now
 
     # ----------------------------------------------------------------------------------------------- state
     def _save(self) -> None:
+        """Everything a resumed run needs to continue exactly: weights, buffers (queues, banks, centers), optimiser
+        and scaler states, every process's RNG states, and the step, from which the sampler position follows."""
+        self._advance_clock()
+        rngs = dist.all_gather_object(rng_state())
         if not dist.is_main_process():
             return
-        save_checkpoint(
-            self.run_dir / CHECKPOINT,
-            {
+        with self._writing(self.run_dir / CHECKPOINT):
+            save_checkpoint(self.run_dir / CHECKPOINT, {
                 "method": self.cfg.method,
                 "config": to_dict(self.cfg),
                 "epoch": self.epoch,
@@ -262,9 +357,8 @@ class Trainer:
                 "strategy": self.strategy.state_dict(),
                 "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
                 "scaler": self.scaler.state_dict(),
-                "rng": rng_state(),
-            },
-        )
+                "rng": rngs,
+            })
 
     def _restore(self, state: dict) -> None:
         try:
@@ -277,13 +371,16 @@ class Trainer:
                 "resume with the config the run was started with"
             ) from exc
         self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+        set_rng_state(rngs[dist.rank() % len(rngs)])
         self.epoch, self.step, self.wall_time = state["epoch"], state["step"], state["wall_time_s"]
         self.skipped_steps = state["skipped_steps"]
         metrics = self.run_dir / "metrics.jsonl"
         if metrics.exists() and dist.is_main_process():
             kept = [line for line in metrics.read_text().splitlines() if line and json.loads(line)["step"] <= self.step]
             atomic_write(metrics, lambda handle: handle.write("".join(f"{line}\n" for line in kept).encode()))
+        if dist.is_main_process():
+            remove_partial_writes(self.run_dir / CHECKPOINT)
 
     # ----------------------------------------------------------------------------------------------- end
     def _knn_record(self, results: dict | None = None) -> dict:
@@ -291,13 +388,21 @@ class Trainer:
         return {f"knn/{name}": r["knn_top1"] for name, r in results.items()}
 
     def _finish(self) -> dict | None:
-        results = evaluate_members(self.strategy, self.cfg, self.device)
+        """Evaluate and write summary.json, on the main process only (the others are done)."""
         if not dist.is_main_process():
             return None
+        results = evaluate_members(self.strategy, self.cfg, self.device)
         self._write_metrics({"epoch": self.epoch, "step": self.step, **self._knn_record(results)})
         summary = build_summary(self.cfg, self.strategy, results, self.wall_time)
         summary["skipped_steps"] = self.skipped_steps
-        atomic_write(self.run_dir / "summary.json", lambda handle: handle.write(json.dumps(summary, indent=2).encode()))
+        summary["skipped_images"] = self.skipped_images
+        add_test_accuracy(summary, self.strategy, self.cfg, self.device)
+        with self._writing(self.run_dir / "summary.json"):
+            atomic_write(self.run_dir / "summary.json",
+                         lambda handle: handle.write(json.dumps(summary, indent=2).encode()))
+        from sslkd.report.plots import plot_run
+
+        plot_run(self.run_dir)
         return summary
 
 

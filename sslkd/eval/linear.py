@@ -34,7 +34,7 @@ from torchvision.transforms import v2
 from sslkd.data import build_dataset
 from sslkd.data.transforms import EvalTransform
 from sslkd.errors import UserError
-from sslkd.eval.protocol import strategy_from_checkpoint
+from sslkd.eval.checkpoints import add_output_args, load_strategy, timed, write_outputs
 
 
 @dataclass(frozen=True)
@@ -67,13 +67,27 @@ PROTOCOLS = {
         epochs=100, momentum=0.0, weight_decay=1e-6, schedule="constant", init="torch default (nn.Linear)",
         augment=False, val_fraction=0.1,
     ),
+    # MCL Sec. 5.2 (transfer, Table 4): SGD momentum 0.9, batch 64, no weight decay, lr 0.1 divided by 10 at
+    # epochs 30, 60 and 90 of 100 (scaled with --epochs). MCL augments like its CIFAR-100 training (crop + flip);
+    # here the train features are cached un-augmented unless --augment is given (RandomResizedCrop + flip).
+    "mcl": ProbeProtocol(
+        name="mcl", optimizer="sgd", base_lr={"vit": 0.1, "cnn": 0.1}, lr_scaling=False, batch_size=64,
+        epochs=100, momentum=0.9, weight_decay=0.0, schedule="step", init="torch default (nn.Linear)",
+        augment=False, val_fraction=0.0,
+    ),
 }
 CROP_SCALE = (0.08, 1.0)
+STEP_MILESTONES = (0.3, 0.6, 0.9)  # fractions of the probe's epochs where the "step" schedule divides lr by 10
 
 
-def probe_feature_fn(backbone: nn.Module, n_last_blocks: int = 4) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
+def probe_feature_fn(backbone: nn.Module, n_last_blocks: int = 4,
+                     layer: str | None = None) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
     """The probe's feature function and its description: a ViT's last ``n_last_blocks`` pooled block outputs
-    concatenated (the CLS token after the final norm for a class-token ViT), a CNN's pooled feature (DINO)."""
+    concatenated (the CLS token after the final norm for a class-token ViT), a CNN's pooled feature (DINO); with
+    ``layer``, that one block's pooled output (multi-exit, sslkd.eval.layers)."""
+    if layer is not None:
+        return (lambda images: backbone.forward_intermediates(images, [layer])[layer],
+                f"pooled output of block {layer} alone (ViT: CLS through the final norm; CNN: global average pool)")
     if backbone.kind != "vit":
         return backbone, "CNN global-average-pooled last feature map"
     names = backbone.intermediate_names()
@@ -133,6 +147,7 @@ def linear_probe(
     image_size: int | None = None,
     num_workers: int = 0,
     feature_batch_size: int = 256,
+    layer: str | None = None,
 ) -> dict:
     """Train a linear classifier on the frozen ``backbone`` and return its test top-1 (percent) with every setting.
 
@@ -145,7 +160,7 @@ def linear_probe(
     """
     settings = _settings(protocol, epochs, batch_size, augment, val_fraction)
     device = torch.device(device)
-    feature_fn, feature_desc = probe_feature_fn(backbone, n_last_blocks)
+    feature_fn, feature_desc = probe_feature_fn(backbone, n_last_blocks, layer)
     lr_base = base_lr if base_lr is not None else settings.base_lr[backbone.kind]
     lr = lr_base * settings.batch_size / 256 if settings.lr_scaling else lr_base
     size = image_size or train_set.info.image_size
@@ -178,7 +193,8 @@ def linear_probe(
             "lr_rule": "base_lr x batch/256" if settings.lr_scaling else "fixed",
             "momentum": settings.momentum,
             "weight_decay": settings.weight_decay,
-            "schedule": "cosine to 0, per epoch" if settings.schedule == "cosine" else "constant",
+            "schedule": {"cosine": "cosine to 0, per epoch", "constant": "constant",
+                         "step": f"divided by 10 at {STEP_MILESTONES} of the epochs"}[settings.schedule],
             "init": settings.init,
             "augmentation": (f"RandomResizedCrop({size}, scale={CROP_SCALE}) + horizontal flip"
                              if settings.augment else "none"),
@@ -187,6 +203,7 @@ def linear_probe(
             "features": feature_desc,
             "feature_dim": outcome["feature_dim"],
             "n_last_blocks": n_last_blocks if backbone.kind == "vit" else None,
+            "layer": layer,
             "image_size": size,
             "val_fraction": settings.val_fraction,
             "n_train": len(train_idx),
@@ -256,8 +273,12 @@ class _Run:
                                              weight_decay=settings.weight_decay)
         else:
             self.optimizer = torch.optim.Adam(self.linear.parameters(), lr=lr, weight_decay=settings.weight_decay)
-        self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, settings.epochs, eta_min=0.0)
-                          if settings.schedule == "cosine" else None)
+        self.scheduler = None
+        if settings.schedule == "cosine":
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, settings.epochs, eta_min=0.0)
+        elif settings.schedule == "step":
+            milestones = [round(f * settings.epochs) for f in STEP_MILESTONES]
+            self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones, gamma=0.1)
 
     def _linear(self, dim: int, num_classes: int) -> nn.Linear:
         linear = nn.Linear(dim, num_classes)
@@ -344,7 +365,7 @@ def linear_of_checkpoint(path, member: str | None = None, protocol: str = "dino"
     trained on the run's train split (or ``data_name``'s) at the training image size."""
     from sslkd.engine.trainer import pick_device
 
-    strategy, cfg = strategy_from_checkpoint(path, data_name, data_root)
+    strategy, cfg = load_strategy(path, data_name, data_root)
     if member is not None and member not in strategy.members:
         raise UserError(f"checkpoint has no member {member!r}; its members are {', '.join(strategy.members)}")
     torch_device = pick_device(device)
@@ -370,7 +391,8 @@ def add_linear_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     """``sslkd eval linear``; the protocol lands in ``args.probe`` because ``eval`` keeps its sub-command in
     ``args.protocol``."""
     parser = subparsers.add_parser("linear", help="linear probe (DINO or DoGo protocol) of a checkpoint's members")
-    parser.add_argument("--checkpoint", required=True, help="a checkpoints/last.pt written by sslkd train")
+    parser.add_argument("--checkpoint", required=True,
+                        help="a checkpoints/last.pt written by sslkd train, or a run directory")
     parser.add_argument("--member", help="evaluate only this member (default: every member)")
     parser.add_argument("--protocol", dest="probe", default="dino", choices=sorted(PROTOCOLS),
                         help="dino: SGD + cosine, augmented, last-4-block CLS for ViTs; dogo: Adam 3e-4, cached "
@@ -382,15 +404,30 @@ def add_linear_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     parser.add_argument("--seed", type=int, default=0, help="seed of the probe (init, shuffling, crops, split)")
     parser.add_argument("--data", dest="data_name", help="data set to probe on (default: the training data set)")
     parser.add_argument("--data-root", help="root of that data set")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    from sslkd.eval.layers import add_layer_args
+
+    add_layer_args(parser)
+    add_output_args(parser)
     return parser
+
+
+def linear_key(probe: str, data_name: str | None, epochs: int | None, augment: bool | None) -> str:
+    """``linear_dogo``; a probe on another data set, for other epochs or augmentation says so in its key."""
+    parts = ["linear", probe] + ([data_name] if data_name else []) + ([f"{epochs}ep"] if epochs else [])
+    parts += [] if augment is None else ["aug" if augment else "noaug"]
+    return "_".join(parts)
 
 
 def cmd_linear(args: argparse.Namespace) -> int:
     """Run ``sslkd eval linear`` and print one line per member (or the full results as JSON)."""
-    results = linear_of_checkpoint(args.checkpoint, member=args.member, protocol=args.probe, data_name=args.data_name,
-                                   data_root=args.data_root, epochs=args.epochs, augment=args.augment,
-                                   n_last_blocks=args.n_last_blocks, seed=args.seed)
+    if args.layers:
+        from sslkd.eval.layers import cmd_linear_layers
+
+        return cmd_linear_layers(args)
+    results, wall = timed(linear_of_checkpoint, args.checkpoint, member=args.member, protocol=args.probe,
+                          data_name=args.data_name, data_root=args.data_root, epochs=args.epochs,
+                          augment=args.augment, n_last_blocks=args.n_last_blocks, seed=args.seed)
+    write_outputs(args, results, linear_key(args.probe, args.data_name, args.epochs, args.augment), wall)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0

@@ -19,7 +19,7 @@ def eval_loaders(cfg: Config, image_size: int | None = None) -> tuple[DataLoader
     """Un-augmented train (the k-NN memory) and test loaders at the training image size."""
     loaders = []
     for split in ("train", "test"):
-        dataset = build_dataset(cfg.data.name, cfg.data.root, split)
+        dataset = build_dataset(cfg.data.name, cfg.data.root, split, skip_corrupt=cfg.data.skip_corrupt)
         size = image_size or cfg.data.image_size or dataset.info.image_size
         dataset.transform = EvalTransform(size, dataset.info.mean, dataset.info.std)
         loaders.append(DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=cfg.data.num_workers))

@@ -5,15 +5,26 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from sslkd.engine.distributed import all_gather_with_grad, rank
+
 
 def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
     """NT-Xent (DoGo Eq. 1, SimCLR): each of the 2B embeddings picks its other view among the other 2B - 1 by
-    softmax of cosine similarity / tau_c; the cross-entropy is averaged over all 2B anchors."""
-    z = F.normalize(torch.cat([z_a, z_b]).float(), dim=-1)
-    batch = z_a.shape[0]
-    logits = z @ z.T / temperature
-    logits = logits.masked_fill(torch.eye(2 * batch, dtype=torch.bool, device=z.device), float("-inf"))
-    positives = torch.cat([torch.arange(batch, 2 * batch), torch.arange(batch)]).to(z.device)
+    softmax of cosine similarity / tau_c; the cross-entropy is averaged over all 2B anchors.
+
+    Under torch.distributed the B is the global batch: this process's 2b anchors contrast against the 2B
+    embeddings of every process (gathered with gradients, as SimCLR's global negatives), so W processes of b
+    items give the loss and gradients of one process of B = W x b."""
+    anchors = F.normalize(torch.cat([z_a, z_b]).float(), dim=-1)
+    local = z_a.shape[0]
+    all_a = F.normalize(all_gather_with_grad(z_a).float(), dim=-1)
+    all_b = F.normalize(all_gather_with_grad(z_b).float(), dim=-1)
+    total = all_a.shape[0]
+    logits = anchors @ torch.cat([all_a, all_b]).T / temperature
+    own = torch.arange(local, device=anchors.device) + rank() * local
+    self_column = torch.cat([own, own + total])
+    positives = torch.cat([own + total, own])
+    logits[torch.arange(2 * local, device=anchors.device), self_column] = float("-inf")
     return F.cross_entropy(logits, positives)
 
 
@@ -29,8 +40,13 @@ def simsiam_loss(p_a: torch.Tensor, p_b: torch.Tensor, z_a: torch.Tensor, z_b: t
 
 def similarity_logits(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
     """The B x B matrix sim(Z', Z'') / tau_kd of cosine similarities between the two views' embeddings; its row
-    softmax is DoGo's P (Eq. 2-3)."""
-    return F.normalize(z_a.float(), dim=-1) @ F.normalize(z_b.float(), dim=-1).T / temperature
+    softmax is DoGo's P (Eq. 2-3).
+
+    Under torch.distributed B is the global batch: this process holds the rows of its own items, over columns
+    gathered (with gradients) from every process, so the row distributions, the KL and its gradients equal those
+    of one process with the whole batch."""
+    columns = all_gather_with_grad(z_b)
+    return F.normalize(z_a.float(), dim=-1) @ F.normalize(columns.float(), dim=-1).T / temperature
 
 
 def similarity_kl(target: torch.Tensor, logits: torch.Tensor, reduction: str = "row") -> torch.Tensor:

@@ -1,0 +1,292 @@
+"""Multi-exit evaluation: k-NN and linear probe of every layer of a frozen backbone (SDSSL Fig. 3).
+
+A layer's feature is the backbone's pooled output of that block (``Backbone.forward_intermediates``): for a ViT
+the CLS token after the block, through the shared final norm; for a CNN the global average pool of the block's
+output. The evaluated backbone is the run's usual one (the EMA teacher's where there is one).
+
+- ``sslkd eval knn --layers all`` / ``sslkd eval linear --layers 2,4,final``: one checkpoint, one number per layer.
+- ``sslkd eval multiexit --checkpoints RUN... --protocol knn|linear --out DIR``: several runs (e.g. MoCo v3 and
+  SD-MoCo v3, over seeds) as a table (mean +- std over runs of the same framework) and a PNG of accuracy against
+  layer, one curve per framework.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from sslkd.errors import UserError
+
+
+def parse_layers(spec: str | None) -> list[str] | None:
+    """``--layers`` as given: ``all`` (None), or comma-separated 1-based layer numbers, block names or ``final``."""
+    if spec is None or spec.strip() == "all":
+        return None
+    return [part.strip() for part in spec.split(",") if part.strip()]
+
+
+def resolve_layers(backbone, spec: list[str] | None) -> list[str]:
+    """Block names of ``spec`` in network order (numbers are 1-based; ``final`` is the last block)."""
+    names = backbone.intermediate_names()
+    if spec is None:
+        return names
+    chosen = set()
+    for item in spec:
+        if item == "final":
+            chosen.add(names[-1])
+        elif item.isdigit():
+            if not 1 <= int(item) <= len(names):
+                raise UserError(f"--layers has layer {item}, but this backbone has layers 1..{len(names)}; "
+                                "use numbers in that range, block names or final")
+            chosen.add(names[int(item) - 1])
+        elif item in names:
+            chosen.add(item)
+        else:
+            raise UserError(f"--layers names {item!r}, which this backbone does not have; use all, 1-based numbers, "
+                            f"final, or block names among {names}")
+    return [n for n in names if n in chosen]
+
+
+def layer_number(backbone, name: str) -> int:
+    return backbone.intermediate_names().index(name) + 1
+
+
+@torch.no_grad()
+def extract_layer_features(backbone, loader: Iterable, names: list[str], device: str | torch.device = "cpu",
+                           normalize: bool = True) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Every named layer's pooled feature of every image of ``loader`` (one backbone pass per batch), in data set
+    order, L2-normalised per layer when ``normalize``; and the labels."""
+    n = len(loader.dataset)
+    feats: dict[str, torch.Tensor] = {}
+    labels = torch.zeros(n, dtype=torch.long)
+    for images, batch_labels, indices in loader:
+        indices = torch.as_tensor(indices, dtype=torch.long)
+        pooled = backbone.forward_intermediates(images.to(device, non_blocking=True), names)
+        for name, out in pooled.items():
+            if name not in feats:
+                feats[name] = torch.zeros(n, out.shape[1], dtype=torch.float32)
+            feats[name].index_copy_(0, indices, out.float().cpu())
+        labels.index_copy_(0, indices, torch.as_tensor(batch_labels, dtype=torch.long))
+    if normalize:
+        feats = {name: F.normalize(f, dim=1) for name, f in feats.items()}
+    return feats, labels
+
+
+def knn_per_layer(path, layers: str | None = "all", member: str | None = None, data_name: str | None = None,
+                  data_root: str | None = None, device: str = "auto") -> dict:
+    """{member: {"layers": {block: k-NN results (the run-end protocol)}, "protocol": ...}} of a checkpoint."""
+    from sslkd.engine.trainer import pick_device
+    from sslkd.eval.checkpoints import load_members
+    from sslkd.eval.protocol import eval_loaders, knn_results
+
+    strategy, cfg, backbones = load_members(path, member, data_name, data_root)
+    torch_device = pick_device(device)
+    train_loader, test_loader = eval_loaders(cfg)
+    num_classes = train_loader.dataset.info.num_classes
+    results = {}
+    for name, backbone in backbones.items():
+        backbone.to(torch_device).eval()
+        names = resolve_layers(backbone, parse_layers(layers))
+        train_feats, train_labels = extract_layer_features(backbone, train_loader, names, torch_device)
+        test_feats, test_labels = extract_layer_features(backbone, test_loader, names, torch_device)
+        per_layer = {}
+        for block in names:
+            per_layer[block] = knn_results(train_feats[block], train_labels, test_feats[block], test_labels, cfg,
+                                           num_classes)
+            per_layer[block]["layer"] = layer_number(backbone, block)
+        results[name] = {"layers": per_layer, "protocol": {
+            "knn_k": 20, "knn_temperature": cfg.eval.knn_temperature, "dataset": cfg.data.name,
+            "features": "pooled output of each block (ViT: CLS after the block and the final norm; CNN: GAP)",
+            "feature_source": "EMA-teacher backbone where the method has one", "checkpoint": str(path)}}
+    return results
+
+
+def linear_per_layer(path, layers: str | None = "all", member: str | None = None, protocol: str = "dino",
+                     data_name: str | None = None, data_root: str | None = None, epochs: int | None = None,
+                     augment: bool | None = None, seed: int = 0, device: str = "auto") -> dict:
+    """{member: {"layers": {block: linear-probe result}}}: one probe per layer, each on that block's feature alone."""
+    from sslkd.data import build_dataset
+    from sslkd.engine.trainer import pick_device
+    from sslkd.eval.checkpoints import load_members
+    from sslkd.eval.linear import linear_probe
+
+    strategy, cfg, backbones = load_members(path, member, data_name, data_root)
+    torch_device = pick_device(device)
+    train_set = build_dataset(cfg.data.name, cfg.data.root, "train")
+    test_set = build_dataset(cfg.data.name, cfg.data.root, "test")
+    results = {}
+    for name, backbone in backbones.items():
+        backbone.to(torch_device)
+        per_layer = {}
+        for block in resolve_layers(backbone, parse_layers(layers)):
+            per_layer[block] = linear_probe(
+                backbone, train_set, test_set, protocol, torch_device, seed, epochs=epochs, augment=augment,
+                layer=block, image_size=cfg.data.image_size or train_set.info.image_size,
+                num_workers=cfg.data.num_workers, feature_batch_size=cfg.eval.batch_size)
+            per_layer[block]["layer"] = layer_number(backbone, block)
+        results[name] = {"layers": per_layer}
+    return results
+
+
+HEADLINE = {"knn": "knn_top1", "linear": "linear_top1"}
+
+
+def layer_rows(results: dict, protocol: str) -> list[dict]:
+    """Flat rows (member, layer, block, top1) of ``knn_per_layer`` / ``linear_per_layer`` results."""
+    return [{"member": member, "layer": r["layer"], "block": block, "top1": r[HEADLINE[protocol]]}
+            for member, result in results.items() for block, r in result["layers"].items()]
+
+
+def print_layers(results: dict, protocol: str) -> None:
+    for row in layer_rows(results, protocol):
+        print(f"{row['member']} layer {row['layer']:>2} ({row['block']}): {protocol} top-1 {row['top1']:.2f}")
+
+
+# ----------------------------------------------------------------------------------------------- several runs
+FRAMEWORKS = {"simclr": "SimCLR", "byol": "BYOL", "mocov3": "MoCo v3"}
+
+
+def framework_label(method: str, options) -> str:
+    """How SDSSL's figures and Table 1 name a run: ``MoCo v3``, ``SD-MoCo v3``, ``BYOL``, ``SD-SimCLR``, ... An
+    sdssl run that distils no layer and has no predictor loss is its base. ``options``: the run's strategy options
+    (a mapping as saved in config.yaml, or the options dataclass)."""
+    if method != "sdssl":
+        return FRAMEWORKS.get(method, method)
+    from sslkd.strategies.sdssl import SDSSLOptions
+
+    get = (options.get if isinstance(options, dict) else lambda key, default: getattr(options, key, default))
+    base = get("base", SDSSLOptions.base)
+    layers, beta = get("layers", SDSSLOptions.layers), get("beta", SDSSLOptions.beta)
+    if not layers and (base == "simclr" or beta == 0):
+        return FRAMEWORKS[base]
+    return f"SD-{FRAMEWORKS[base]}"
+
+
+def multiexit_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Layers as rows, frameworks as columns, ``mean +- std`` over runs (std only with two or more runs)."""
+    def cell(values: pd.Series) -> str:
+        values = values.dropna()
+        if values.empty:
+            return ""
+        return f"{values.mean():.2f}" + (f" +- {values.std(ddof=1):.2f}" if len(values) > 1 else "")
+
+    table = rows.pivot_table(index="layer", columns="framework", values="top1", aggfunc=cell)
+    order = sorted(table.columns, key=lambda c: (c.removeprefix("SD-"), c.startswith("SD-")))
+    return table[order].reset_index()
+
+
+def plot_multiexit(rows: pd.DataFrame, out: Path, protocol: str, title: str = "") -> Path:
+    """Accuracy against layer, one line per framework (mean over runs, shaded +- std): SDSSL Fig. 3."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for framework, group in sorted(rows.groupby("framework"), key=lambda g: (g[0].removeprefix("SD-"), g[0])):
+        stats = group.groupby("layer")["top1"].agg(["mean", "std"]).fillna(0.0)
+        style = "-" if framework.startswith("SD-") else "--"
+        line, = ax.plot(stats.index, stats["mean"], style, marker="o", label=framework)
+        ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], alpha=0.15,
+                        color=line.get_color())
+    ax.set_xlabel("layer")
+    ax.set_ylabel(f"{'k-NN' if protocol == 'knn' else 'linear'} top-1 (%)")
+    ax.set_xticks(sorted(rows.layer.unique()))
+    ax.set_title(title or "multi-exit evaluation")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def multiexit(checkpoints: list[str], protocol: str, out_dir: str | Path, layers: str | None = "all",
+              member: str | None = None, **probe_args) -> dict[str, Path]:
+    """Evaluate every checkpoint per layer; write rows.csv, table.md, table.csv and multiexit_<protocol>.png."""
+    from sslkd.eval.checkpoints import load_strategy
+    from sslkd.report.tables import render
+
+    out_dir = Path(out_dir)
+    frames = []
+    for path in checkpoints:
+        _, cfg = load_strategy(path)
+        if protocol == "knn":
+            results = knn_per_layer(path, layers, member)
+        else:
+            results = linear_per_layer(path, layers, member, **probe_args)
+        frame = pd.DataFrame(layer_rows(results, protocol))
+        frames.append(frame.assign(framework=framework_label(cfg.method, cfg.strategy), seed=cfg.train.seed, checkpoint=str(path)))
+    rows = pd.concat(frames, ignore_index=True)
+    table = multiexit_table(rows)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"rows": out_dir / f"multiexit_{protocol}_rows.csv", "md": out_dir / f"multiexit_{protocol}.md",
+             "csv": out_dir / f"multiexit_{protocol}.csv", "png": out_dir / f"multiexit_{protocol}.png"}
+    rows.to_csv(paths["rows"], index=False)
+    table.to_csv(paths["csv"], index=False)
+    paths["md"].write_text(render(table.astype(str), "md"))
+    plot_multiexit(rows, paths["png"], protocol)
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------- command line
+def add_layer_args(parser: argparse.ArgumentParser) -> None:
+    """``--layers`` on ``sslkd eval knn`` and ``sslkd eval linear``."""
+    parser.add_argument("--layers", help="evaluate these layers one by one: all, or comma-separated 1-based numbers, "
+                                         "block names or final (multi-exit, SDSSL Fig. 3)")
+
+
+def cmd_knn_layers(args: argparse.Namespace) -> int:
+    results = knn_per_layer(args.checkpoint, args.layers, args.member, args.data_name, args.data_root)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print_layers(results, "knn")
+    return 0
+
+
+def cmd_linear_layers(args: argparse.Namespace) -> int:
+    results = linear_per_layer(args.checkpoint, args.layers, args.member, args.probe, args.data_name, args.data_root,
+                               args.epochs, args.augment, args.seed)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print_layers(results, "linear")
+    return 0
+
+
+def add_parser(protocols: argparse._SubParsersAction) -> None:
+    """``sslkd eval multiexit``: several runs, per layer, as a table and a plot (sets ``args.run``)."""
+    from sslkd.eval.linear import PROTOCOLS
+
+    parser = protocols.add_parser("multiexit", help="k-NN or linear probe of every layer of several runs: table + PNG "
+                                                    "of accuracy against layer per framework (SDSSL Fig. 3)")
+    parser.add_argument("--checkpoints", nargs="+", required=True, metavar="RUN",
+                        help="checkpoints or run directories (e.g. MoCo v3 and SD-MoCo v3 runs, several seeds)")
+    parser.add_argument("--protocol", dest="multiexit_protocol", default="knn", choices=["knn", "linear"])
+    parser.add_argument("--layers", default="all", help="all, or comma-separated 1-based numbers, block names, final")
+    parser.add_argument("--member", help="evaluate only this member")
+    parser.add_argument("--probe", default="dino", choices=sorted(PROTOCOLS), help="linear-probe recipe")
+    parser.add_argument("--epochs", type=int, help="linear-probe epochs (default: the recipe's)")
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                        help="augment the probe's train images (off caches features)")
+    parser.add_argument("--out", required=True, help="directory for the table (md, csv) and the PNG")
+    parser.set_defaults(run=cmd_multiexit)
+
+
+def cmd_multiexit(args: argparse.Namespace) -> int:
+    probe_args = {}
+    if args.multiexit_protocol == "linear":
+        probe_args = dict(protocol=args.probe, epochs=args.epochs, augment=args.augment)
+    paths = multiexit(args.checkpoints, args.multiexit_protocol, args.out, args.layers, args.member, **probe_args)
+    print(paths["md"].read_text())
+    for path in paths.values():
+        print(path)
+    return 0

@@ -1,0 +1,245 @@
+"""SDSSL: Self-Distilled Self-Supervised Representation Learning (Jang et al., WACV 2023), on top of SimCLR,
+BYOL or MoCo v3 (``base``). Every intermediate layer of one network learns to predict the final representation.
+
+Per member (a cohort of one in the paper): the backbone's pooled output of every chosen block (ViT: the CLS token
+after each block passed through the shared final norm; ResNet: the global average pool of each residual block's
+output, Sec. 4.6), one projector per layer and, where the base has predictors (BYOL, MoCo v3), one predictor per
+layer. The EMA teacher holds the backbone and the final projector only (Sec. 4.1). With views x1, x2, layer-l
+projections h_l, predictions q_l (= h_l without predictors) and the teacher's final projections z_L (SimCLR: the
+student's own), summed over the two directions (x1 -> x2 and x2 -> x1):
+
+    L_isd  = 1/(L-1) sum_{l<L} L_ssl(q_l, sg(z_L))                                               (Eq. 3)
+    L_pred = sum_{l<=L} L_ssl(pred_l(sg(h_l)), sg(z_L))      (only the predictors learn from it)  (Eq. 5)
+    L      = L_ssl(q_L, z_L) + alpha(t) L_isd + beta L_pred                                       (Eq. 4, 6)
+
+L_ssl is the base's: 2 - 2 cos (BYOL, Eq. 1) or the InfoNCE ``2 tau CE`` of Algorithm 1 (MoCo v3 and SimCLR,
+Eq. 2; keys gathered over processes). SimCLR has no teacher: its final term contrasts the student's two views with
+gradients on both, and the intermediate layers contrast against the student's own detached final projections.
+alpha(t) rises from 0 to ``alpha`` on a cosine over training, per iteration (Sec. 4.1, Table 5 "ratio anneal").
+Algorithm 1 weights L_pred by L after averaging it over the L layers' rows, which is Eq. 5's sum (no option needed).
+
+Heads (Sec. 4.1, ``byol.MLPHead``): 3-layer projectors, hidden 4096 for the final one and 2048 for the
+intermediate ones; 2-layer predictors, hidden 4096; outputs 256, with an affine-free BatchNorm on every output layer
+except BYOL's. Views: BYOL's asymmetric pair (``byol.byol_views``).
+
+With ``layers: []`` and ``beta: 0`` this is exactly the base (``byol``, ``mocov3``, or SDSSL's SimCLR, for which
+beta does not apply); SDSSL Table 1's SimCLR row is that run, since the ``simclr`` strategy is DoGo's SimCLR
+(2-layer projector, NT-Xent at tau 0.5).
+
+Options (``strategy:``), defaults from the paper; the paper-reproduction configs set the authors' code choices:
+- ``base: simclr | byol | mocov3`` (default mocov3, Algorithm 1).
+- ``layers``: the intermediate layers distilled: ``all`` (every block before the last) or a list of 1-based layer
+  numbers and/or block names (``sslkd list`` backbones expose ``intermediate_names``; e.g. the last block of each
+  ResNet stage, Sec. 4.6). ``layer_stride`` n keeps every n-th layer of ``all`` (Table 6's MLP/n).
+- ``alpha`` (final weight of L_isd; paper 1.0, code 0.8 for SimCLR and BYOL), ``alpha_schedule: cosine | constant``
+  (Table 5 "-ratio anneal"), ``beta`` (weight of L_pred, 1; 0 is Table 5's "-pred loss").
+- ``temperature`` (tau of InfoNCE, 0.2), ``out_dim``, ``proj_hidden_dim``, ``layer_proj_hidden_dim``,
+  ``layer_proj_layers`` (3; Table 6's 2L-MLP is 2), ``pred_hidden_dim``, ``last_bn`` (default: the base's),
+  ``momentum_teacher`` (0.996).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from sslkd.engine.schedules import cosine
+from sslkd.errors import UserError
+from sslkd.losses.sdssl import info_nce, isd_loss, pred_loss
+from sslkd.registry import STRATEGIES
+from sslkd.strategies.byol import BYOL, BYOLOptions, MLPHead, MomentumSSL, momentum_members
+from sslkd.strategies.mocov3 import MoCoV3, MoCoV3Options
+
+
+@dataclass
+class SDSSLOptions:
+    base: Literal["simclr", "byol", "mocov3"] = "mocov3"
+    layers: Literal["all"] | list[int | str] = "all"
+    layer_stride: int = 1
+    alpha: float = 1.0
+    alpha_schedule: Literal["cosine", "constant"] = "cosine"
+    beta: float = 1.0
+    temperature: float = 0.2
+    out_dim: int = 256
+    proj_hidden_dim: int = 4096
+    layer_proj_hidden_dim: int = 2048
+    layer_proj_layers: int = 3
+    pred_hidden_dim: int = 4096
+    last_bn: bool | None = None
+    momentum_teacher: float = 0.996
+
+
+def alpha_at(step: int, total_steps: int, final: float, schedule: str = "cosine") -> float:
+    """The weight of L_isd at ``step``: a half-cosine from 0 to ``final`` over training, or ``final`` throughout."""
+    return cosine(step, total_steps, 0.0, final) if schedule == "cosine" else final
+
+
+def select_layers(names: list[str], layers: str | list, stride: int = 1) -> list[str]:
+    """The intermediate blocks to distil, in network order, from a backbone's block ``names`` (the last is final)."""
+    intermediate = names[:-1]
+    if stride < 1:
+        raise UserError(f"strategy.layer_stride={stride} must be >= 1 (1 distils every layer)")
+    if layers == "all":
+        return [n for i, n in enumerate(intermediate, start=1) if i % stride == 0]
+    chosen = set()
+    for layer in layers:
+        if isinstance(layer, int):
+            if not 1 <= layer <= len(intermediate):
+                raise UserError(
+                    f"strategy.layers has layer {layer}, but this backbone has intermediate layers 1..{len(intermediate)} "
+                    f"(layer {len(names)} is the final one, always trained by L_ssl); use numbers in that range"
+                )
+            chosen.add(intermediate[layer - 1])
+        elif layer in intermediate:
+            chosen.add(layer)
+        else:
+            raise UserError(
+                f"strategy.layers names {layer!r}, which is not an intermediate block of this backbone; "
+                f"use 1-based numbers or names among {intermediate}"
+            )
+    return [n for n in intermediate if n in chosen]
+
+
+def _key(block: str) -> str:
+    """A block name as a module key (ModuleDict keys cannot hold dots)."""
+    return block.replace(".", "_")
+
+
+@torch.no_grad()
+def _layer_dims(backbone: nn.Module, names: list[str], size: int) -> dict[str, int]:
+    """Feature width of each named block (ResNet stages differ), from one pass in eval mode (BN stats untouched)."""
+    if not names:
+        return {}
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        pooled = backbone.forward_intermediates(torch.zeros(1, 3, size, size), names)
+    finally:
+        backbone.train(was_training)
+    return {name: feat.shape[1] for name, feat in pooled.items()}
+
+
+@dataclass
+class LayerOutputs:
+    """One member's outputs on one view: final projection h_L and prediction q_L, the intermediate layers' h_l and
+    q_l (in ``SDSSL.layer_names`` order); q is h where the base has no predictor."""
+
+    h_final: torch.Tensor
+    q_final: torch.Tensor
+    h_layers: list[torch.Tensor]
+    q_layers: list[torch.Tensor]
+
+
+@STRATEGIES.register("sdssl")
+class SDSSL(MomentumSSL):
+    """Views, teacher updates and the EMA-teacher layout come from ``MomentumSSL``; the heads and losses are SDSSL's."""
+
+    name = "sdssl"
+    Options = SDSSLOptions
+
+    def build_members(self) -> dict[str, nn.ModuleDict]:
+        opts = self.options
+        self.has_predictor = self.has_teacher = opts.base != "simclr"
+        if opts.last_bn is None:
+            opts.last_bn = BYOLOptions.last_bn if opts.base == "byol" else MoCoV3Options.last_bn
+        size, _ = self.crop_sizes()
+
+        def heads(backbone: nn.Module) -> dict[str, nn.Module]:
+            layers = select_layers(backbone.intermediate_names(), opts.layers, opts.layer_stride)
+            dims = _layer_dims(backbone, layers, size)
+            modules: dict[str, nn.Module] = {
+                "projector": MLPHead(3, backbone.num_features, opts.out_dim, opts.proj_hidden_dim, opts.last_bn),
+                "layer_projectors": nn.ModuleDict({
+                    _key(n): MLPHead(opts.layer_proj_layers, dims[n], opts.out_dim, opts.layer_proj_hidden_dim,
+                                     opts.last_bn) for n in layers}),
+            }
+            if self.has_predictor:
+                modules["predictor"] = MLPHead(2, opts.out_dim, opts.out_dim, opts.pred_hidden_dim, opts.last_bn)
+                modules["layer_predictors"] = nn.ModuleDict({
+                    _key(n): MLPHead(2, opts.out_dim, opts.out_dim, opts.pred_hidden_dim, opts.last_bn)
+                    for n in layers})
+            return modules
+
+        sources = momentum_members(self, heads, ["backbone", "projector"] if self.has_teacher else None)
+        self.layer_names: dict[str, list[str]] = {}
+        self.final_names: dict[str, str] = {}
+        for name, member in self.members.items():
+            names = member.backbone.intermediate_names()
+            self.layer_names[name] = select_layers(names, opts.layers, opts.layer_stride)
+            self.final_names[name] = names[-1]
+        return sources
+
+    def base_loss(self, q: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """L_ssl(q, sg(z)) of the base, one direction: BYOL's Eq. 1, else the InfoNCE of Eq. 2."""
+        if self.options.base == "byol":
+            return BYOL.pair_loss(q, z, self.options)
+        return MoCoV3.pair_loss(q, z, self.options)
+
+    def embed(self, name: str, view: torch.Tensor) -> LayerOutputs:
+        """The student's projections and predictions of every distilled layer and the final one, in one pass."""
+        student = self.members[name].student
+        layers, final = self.layer_names[name], self.final_names[name]
+        pooled = student["backbone"].forward_intermediates(view, layers + [final])
+        h_final = student["projector"](pooled[final])
+        h_layers = [student["layer_projectors"][_key(n)](pooled[n]) for n in layers]
+        if not self.has_predictor:
+            return LayerOutputs(h_final, h_final, h_layers, h_layers)
+        q_layers = [student["layer_predictors"][_key(n)](h) for n, h in zip(layers, h_layers)]
+        return LayerOutputs(h_final, student["predictor"](h_final), h_layers, q_layers)
+
+    def targets(self, name: str, views: list[torch.Tensor], outputs: list[LayerOutputs]) -> list[torch.Tensor]:
+        """z_L of each view: the EMA teacher's final projection (no gradient), or SimCLR's own h_L."""
+        if not self.has_teacher:
+            return [out.h_final for out in outputs]
+        teacher = self.members[name].teacher.module
+        with torch.no_grad():
+            return [teacher["projector"](teacher["backbone"](view)) for view in views]
+
+    def predictors(self, name: str) -> list[nn.Module]:
+        """pred_l of every distilled layer, then the final predictor (Eq. 5 sums over l = 1..L)."""
+        student = self.members[name].student
+        return [student["layer_predictors"][_key(n)] for n in self.layer_names[name]] + [student["predictor"]]
+
+    def member_losses(self, name: str, views: list[torch.Tensor], step) -> dict[str, torch.Tensor]:
+        opts = self.options
+        outputs = [self.embed(name, view) for view in views[:2]]
+        z = self.targets(name, views[:2], outputs)
+        directions = ((0, 1), (1, 0))
+        if opts.base == "simclr":
+            ssl = sum(info_nce(outputs[a].q_final, z[b], opts.temperature, detach_keys=False) for a, b in directions)
+        else:
+            ssl = sum(self.base_loss(outputs[a].q_final, z[b]) for a, b in directions)
+        losses = {f"{name}/ssl": ssl}
+        total = ssl
+        if self.layer_names[name]:
+            isd = sum(isd_loss(outputs[a].q_layers, z[b], self.base_loss) for a, b in directions)
+            alpha = alpha_at(step.step, step.total_steps, opts.alpha, opts.alpha_schedule)
+            losses[f"{name}/isd"] = isd
+            total = total + alpha * isd
+        if self.has_predictor:
+            predictors = self.predictors(name)
+            pred = sum(pred_loss(predictors, outputs[a].h_layers + [outputs[a].h_final], z[b], self.base_loss)
+                       for a, b in directions)
+            losses[f"{name}/pred"] = pred
+            total = total + opts.beta * pred
+        losses[f"{name}/loss"] = total
+        return losses
+
+    def forward(self, views, labels, indices, step):
+        losses: dict[str, torch.Tensor] = {}
+        for name in self.members:
+            losses.update(self.member_losses(name, views, step))
+        losses["loss"] = sum(losses[f"{name}/loss"] for name in self.members)
+        return losses
+
+    def network_passes(self, views):
+        total = 0.0
+        for name in self.members:
+            outputs = [self.embed(name, view) for view in views[:2]]
+            z = self.targets(name, views[:2], outputs)
+            total = total + sum(t.float().mean() for out in outputs
+                                for t in (out.q_final, *out.q_layers)) + sum(t.float().mean() for t in z)
+        return total

@@ -1,0 +1,136 @@
+"""Speed work must not change what is computed: the fast view pipeline draws and applies exactly torchvision's v2
+transforms, and the precision / channels-last / compile options train the same models."""
+
+import pytest
+import torch
+from torchvision.transforms import v2
+
+from sslkd.config import TrainConfig
+from sslkd.data.transforms import (
+    MultiCropTransform,
+    SimCLRTransform,
+    ViewAugment,
+    blur_kernel_size,
+)
+from sslkd.engine.performance import autocast_dtype, prepare_members
+from sslkd.engine.trainer import Trainer
+from sslkd.errors import UserError
+from sslkd.strategies.base import StepInfo
+
+MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+
+
+def reference_compose(size, jitter, blur_p, solarize_p):
+    """The view as a plain v2.Compose (colour ops in float, hence the solarise threshold 128/255)."""
+    ops = [
+        v2.RandomResizedCrop(size, scale=(0.25, 1.0), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.RandomApply([v2.ColorJitter(*jitter)], p=0.8),
+        v2.RandomGrayscale(p=0.2),
+    ]
+    if blur_p > 0:
+        ops.append(v2.RandomApply([v2.GaussianBlur(blur_kernel_size(size), sigma=(0.1, 2.0))], p=blur_p))
+    if solarize_p > 0:
+        ops.append(v2.RandomSolarize(threshold=128 / 255, p=solarize_p))
+    return v2.Compose(ops + [v2.Normalize(list(MEAN), list(STD))])
+
+
+@pytest.mark.parametrize("size,jitter,blur_p,solarize_p", [
+    (32, (0.4, 0.4, 0.2, 0.1), 1.0, 0.0),
+    (32, (0.4, 0.4, 0.2, 0.1), 0.1, 0.2),
+    (16, (0.8, 0.8, 0.8, 0.2), 0.5, 0.5),
+    (80, (0.4, 0.4, 0.2, 0.1), 1.0, 0.0),  # above the small-image blur path
+])
+def test_fast_view_is_the_v2_pipeline(size, jitter, blur_p, solarize_p):
+    image = (torch.rand(3, 40, 40, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    fast = ViewAugment(size, (0.25, 1.0), jitter, 0.8, 0.2, blur_p, (0.1, 2.0), solarize_p, MEAN, STD,
+                       v2.InterpolationMode.BICUBIC)
+    reference = reference_compose(size, jitter, blur_p, solarize_p)
+    for seed in range(40):
+        torch.manual_seed(seed)
+        ours = fast(image)
+        torch.manual_seed(seed)
+        theirs = reference(image)
+        assert ours.shape == (3, size, size)
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    assert torch.backends.mkldnn.enabled  # the small-image blur restores oneDNN
+
+
+@pytest.mark.parametrize("transform", [MultiCropTransform(32, 16, n_local=2), SimCLRTransform(32)])
+def test_views_depend_only_on_the_seed(transform):
+    image = (torch.rand(3, 32, 32) * 255).to(torch.uint8)
+    torch.manual_seed(3)
+    first = transform(image)
+    torch.manual_seed(3)
+    again = transform(image)
+    torch.manual_seed(4)
+    other = transform(image)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not torch.equal(first[0], other[0])
+
+
+def test_precision_choices():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert autocast_dtype(TrainConfig(), cpu) is None
+    assert autocast_dtype(TrainConfig(), cuda) == torch.float16
+    assert autocast_dtype(TrainConfig(amp=False), cuda) is None
+    assert autocast_dtype(TrainConfig(precision="bf16"), cpu) == torch.bfloat16
+    with pytest.raises(UserError, match="fp16-amp needs a GPU"):
+        autocast_dtype(TrainConfig(precision="fp16-amp"), cpu)
+
+
+def _step(trainer: Trainer) -> dict:
+    """One step past the lr warm-up (so the weights move)."""
+    views, labels, indices = next(iter(trainer.loader))
+    info = StepInfo(trainer.total_steps // 2 + 1, 0, trainer.steps_per_epoch, trainer.total_steps)
+    trainer.set_schedules(info)
+    return trainer.train_step(views, labels, indices, info)
+
+
+def _weights(module: torch.nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("method", ["dino", "mokd"])
+def test_bf16_autocast_trains_on_cpu(tiny_cfg, tmp_path, method):
+    trainer = Trainer(tiny_cfg(method, ["train.precision=bf16", "train.device=cpu"]), tmp_path)
+    assert trainer.autocast_dtype == torch.bfloat16 and not trainer.use_amp
+    before = _weights(trainer.strategy)
+    losses = _step(trainer)
+    assert losses is not None and torch.isfinite(losses["loss"])
+    after = trainer.strategy.state_dict()
+    for name in trainer.strategy.members:
+        key = next(k for k in before if k.startswith(f"members.{name}.student.") and k.endswith("weight"))
+        assert not torch.equal(before[key], after[key])  # the student moved
+        assert after[key].dtype == torch.float32  # autocast leaves the master weights in fp32
+
+
+def test_channels_last_cnn_weights_and_same_step(tiny_cfg, tmp_path):
+    """Channels-last CNN members (student and teacher) compute the step the NCHW model computes."""
+    results = {}
+    for layout in ("true", "false"):
+        trainer = Trainer(tiny_cfg("dino", [f"train.channels_last={layout}", "train.device=cpu"]), tmp_path / layout)
+        member = trainer.strategy.members["cnn"]
+        convs = [m.weight for m in member.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]
+        assert convs and all(w.is_contiguous(memory_format=torch.channels_last) == (layout == "true") for w in convs)
+        losses = _step(trainer)
+        results[layout] = (losses["loss"].detach(), _weights(member))
+    torch.testing.assert_close(results["true"][0], results["false"][0], rtol=1e-4, atol=1e-5)
+    for key, value in results["false"][1].items():
+        torch.testing.assert_close(results["true"][1][key], value, rtol=1e-3, atol=1e-5)
+
+
+def test_compile_option_wraps_backbones_and_heads_keeping_checkpoint_keys(tiny_cfg):
+    from sslkd.data import build_dataset
+    from sslkd.registry import STRATEGIES
+
+    cfg = tiny_cfg("dino", ["train.compile=true"])
+    strategy = STRATEGIES.get("dino")(cfg, build_dataset("digits", None, "train").info)
+    keys = list(strategy.state_dict())
+    prepare_members(strategy, cfg.train)
+    member = strategy.members["cnn"]
+    for model in (member.student, member.teacher.module):
+        assert hasattr(model["backbone"].forward_tokens, "_torchdynamo_orig_callable")
+        assert model["dino"]._compiled_call_impl is not None
+    assert list(strategy.state_dict()) == keys

@@ -1,0 +1,114 @@
+"""tools/reproduce.py: the table list, and a tiny table on digits run from scratch, interrupted, and run again
+without redoing what finished (an interrupted training is resumed, recorded evaluations are skipped)."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import tiny_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def reproduce():
+    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "tools" / "reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["reproduce"] = module  # dataclasses resolve their annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_list_names_every_table_with_its_costs(reproduce):
+    lines = []
+    assert reproduce.main(["--list"], log=lines.append) == 0
+    text = "\n".join(lines)
+    for name in ("mokd_table1", "mokd_table4", "mokd_table5", "mokd_table9", "mokd_fig5", "dogo_table1",
+                 "dogo_table2", "dogo_table3", "dogo_fig3", "mcl_table2", "mcl_table4", "sdssl_table1"):
+        assert f"\n{name} " in f"\n{text}"
+    assert text.count("paper scale:") == text.count("proxy scale:") == len(reproduce.TABLES)
+    for table in reproduce.TABLES.values():  # the specs name configs and layouts that exist where they claim to
+        from sslkd.report import TABLES
+
+        if table.name.startswith(("mokd", "dogo_table1", "dogo_table2", "dogo_table3", "dogo_fig3")):
+            assert table.compare in TABLES
+        assert all((ROOT / c).is_file() for c in table.paper_configs), table.name
+
+
+def _actions(lines):
+    return [line.split()[0] for line in lines if line.split() and line.split()[0] in ("skip", "train", "resume",
+                                                                                       "eval")]
+
+
+def test_tiny_table_resumes_and_skips_what_finished(reproduce, tmp_path, monkeypatch):
+    config = tmp_path / "tiny_dino.yaml"
+    config.write_text("method: dino\n")
+    other = tmp_path / "tiny_dino_b.yaml"
+    other.write_text("method: dino\n")
+    overrides = tiny_overrides("dino", epochs=2) + ["eval.knn_k=[5, 20]"]
+    spec = {
+        "name": "tiny_table", "about": "a tiny DINO table on digits",
+        "configs": [str(config), str(other)], "random_init": [str(config)], "overrides": overrides,
+        "compare": "runs",
+        "evaluations": [
+            {"key": "linear_dogo", "args": ["linear", "--protocol", "dogo"], "proxy_args": ["--epochs", "1"]},
+            {"key": "consistency", "args": ["consistency"], "configs": ["tiny_dino"], "member": "cnn",
+             "other": "tiny_dino_b", "other_member": "cnn"},
+        ],
+    }
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+    out, results = tmp_path / "runs", tmp_path / "results"
+
+    # an interrupted run: its first epoch is checkpointed, it has no summary.json
+    from sslkd.config import load_config
+    from sslkd.engine.trainer import Trainer
+
+    cfg = load_config(None, str(other), overrides + ["train.seed=0"])
+    assert Trainer(cfg, out / "tiny_dino_b" / "seed0").fit(stop_at_epoch=1) is None
+
+    # the first session is interrupted during its first evaluation
+    real = reproduce.sslkd
+
+    def interrupt_evaluations(argv):
+        if argv[0] == "eval":
+            raise reproduce.Interrupted(" ".join(argv))
+        real(argv)
+
+    monkeypatch.setattr(reproduce, "sslkd", interrupt_evaluations)
+    argv = ["--spec", str(spec_file), "--proxy", "--seeds", "1", "--out", str(out), "--results", str(results)]
+    interrupted = []
+    assert reproduce.main(argv, log=interrupted.append) == 130
+    assert _actions(interrupted) == ["train", "train", "resume", "eval"]  # floor, a, the interrupted b; stop
+    monkeypatch.setattr(reproduce, "sslkd", real)
+
+    first = []
+    assert reproduce.main(argv, log=first.append) == 0
+    # trainings were done before; linear probe of a, b and the floor; consistency of a with b (the floor of a has
+    # no partner floor in this table, so it is skipped with a note)
+    assert _actions(first) == ["skip"] * 3 + ["eval"] * 4 + ["skip"]
+    summaries = {p: p.read_text() for p in out.rglob("summary.json")}
+    assert len(summaries) == 3
+    assert json.loads((out / "tiny_dino_b" / "seed0" / "summary.json").read_text())["epochs"] == 2
+    recorded = json.loads((out / "tiny_dino" / "seed0" / "summary.json").read_text())
+    assert set(recorded["evals"]) == {"linear_dogo", "consistency"}
+    assert recorded["members"]["cnn"]["linear_top1"] == recorded["evals"]["linear_dogo"]["cnn"]["linear_top1"]
+    assert set(json.loads((out / "random_init" / "tiny_dino" / "summary.json").read_text())["evals"]) == {
+        "linear_dogo"}  # the floor has no partner of its own: no consistency
+
+    second = []
+    assert reproduce.main(argv, log=second.append) == 0
+    assert not [line for line in second if line.startswith(("train", "resume", "eval"))]
+    assert {p: p.read_text() for p in out.rglob("summary.json")} == summaries
+
+    for name in ("tiny_table_proxy.md", "tiny_table_proxy.csv", "tiny_table_proxy_runs.md",
+                 "tiny_table_proxy_random_init.md", "tiny_table_proxy_wall.md"):
+        assert (results / name).is_file(), name
+    for run in ("tiny_dino/seed0", "tiny_dino_b/seed0", "random_init/tiny_dino"):
+        for name in ("summary.json", "config.yaml", "metrics.jsonl"):
+            assert (results / "proxy_tiny_table" / run / name).is_file()
+    wall = (results / "tiny_table_proxy_wall.md").read_text()
+    assert "| tiny_dino/seed0 |" in wall and "**total**" in wall

@@ -1,0 +1,522 @@
+#!/usr/bin/env python
+"""Reproduce a paper table: train every run it needs, run its evaluations, and print it with ``sslkd compare``.
+
+    python tools/reproduce.py --list                      every table, with its cost at paper and proxy scale
+    python tools/reproduce.py mokd_table4 --proxy          the CPU-proxy version (3 seeds), resumable
+    python tools/reproduce.py mokd_table1 --proxy --seeds 1
+    python tools/reproduce.py dogo_table1                 paper scale (needs the paper's data and GPUs)
+
+Resumable in parts: a run with summary.json is skipped, a run with a checkpoint is resumed, an evaluation already
+recorded in a run's summary.json (``evals``) is skipped. Tables that evaluate the same trained models share their
+runs (MOKD Tables 4, 5, 9 and Fig. 5 reuse MOKD Table 1's). Layout (the same as tools/proxy_*_table1.sh):
+
+    runs/proxy_<runs>/<config stem>/seed<N>          one training run per proxy config and seed
+    runs/proxy_<runs>/random_init/<config stem>      the random-initialisation floor (train.epochs=0)
+    results/proxy_<runs>/...                         summary.json, config.yaml, metrics.jsonl of every run
+    results/<table>_proxy{.md,.csv,_runs.md,_random_init.md,_wall.md}
+
+At paper scale the runs go to runs/<runs>/ and the tables to results/<table>{...}. ``--spec FILE.yaml`` reads a
+table of the same fields from a file (tests use it for a tiny table on digits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sslkd.errors import UserError
+
+Z = "zoo_configs"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One ``sslkd eval`` per run (or per run and partner), recorded in the run's summary.json under ``key``.
+
+    ``args`` follow ``sslkd eval``; ``proxy_args`` are added at proxy scale only (shorter schedules). ``configs``
+    limits it to runs of these config stems (empty: every run, floors included unless ``floor=False``);
+    ``member`` evaluates one member; ``other`` names the config stem of a second run of the same seed whose
+    ``other_member`` is the partner (prediction consistency between two runs). ``per_table``: one command over
+    every trained run of the table (``--checkpoints RUN...``), writing to ``--out results/<table>[_proxy]_<key>``;
+    done when that directory holds files."""
+
+    key: str
+    args: tuple[str, ...]
+    proxy_args: tuple[str, ...] = ()
+    configs: tuple[str, ...] = ()
+    member: str | None = None
+    other: str | None = None
+    other_member: str | None = None
+    floor: bool = True
+    per_table: bool = False
+
+
+@dataclass(frozen=True)
+class Table:
+    """Everything one paper table needs. ``runs`` names the run directory it shares with other tables;
+    ``proxy_minutes``: measured or estimated wall time of the whole proxy table at 3 seeds on 2 CPU cores,
+    beyond runs it shares that are already done (``shares`` says which)."""
+
+    name: str
+    paper: str
+    about: str
+    configs: tuple[str, ...] = ()
+    random_init: tuple[str, ...] = ()
+    evaluations: tuple[Evaluation, ...] = ()
+    compare: str = "runs"
+    runs: str = ""
+    paper_configs: tuple[str, ...] = ()
+    paper_evaluations: tuple[Evaluation, ...] | None = None
+    paper_cost: str = ""
+    proxy_minutes: float | None = None
+    overrides: tuple[str, ...] = ()
+    note: str = ""
+
+    @property
+    def run_group(self) -> str:
+        return self.runs or self.name
+
+
+def _stem(path: str) -> str:
+    return Path(path).stem
+
+
+# ------------------------------------------------------------------------------------------------ table specs
+MOKD_PROXY = (f"{Z}/dino/proxy_cifar10_subset_resnet20.yaml", f"{Z}/dino/proxy_cifar10_subset_vit_p4_d4.yaml",
+              f"{Z}/mokd/proxy_cifar10_subset_resnet20_vit_p4_d4.yaml")
+MOKD_FLOORS = MOKD_PROXY[:2]
+MOKD_PAPER = (f"{Z}/dino/imagenet_r50_100ep.yaml", f"{Z}/dino/imagenet_vit_s16_100ep.yaml",
+              f"{Z}/dino/imagenet_vit_b16_100ep.yaml", f"{Z}/mokd/imagenet_r50_vit_s16_100ep.yaml",
+              f"{Z}/mokd/imagenet_r50_vit_b16_100ep.yaml")
+DOGO_PROXY = (f"{Z}/simclr/proxy_cifar10_subset_resnet20.yaml", f"{Z}/simclr/proxy_cifar10_subset_resnet56.yaml",
+              f"{Z}/dogo/proxy_cifar10_subset_resnet56_resnet20.yaml")
+DOGO_FLOORS = DOGO_PROXY[:2]
+DOGO_PAIR_R50_R18 = (f"{Z}/simclr/tinyimagenet_r18.yaml", f"{Z}/simclr/tinyimagenet_r50.yaml",
+                     f"{Z}/dogo/tinyimagenet_r50_r18.yaml")
+
+
+def dogo_r18(key: str, args: tuple[str, ...], proxy_args: tuple[str, ...] = ()) -> tuple[Evaluation, Evaluation]:
+    """An evaluation of the ResNet-18 stand-in of the DoGo proxy: the SimCLR ResNet-20 alone and net2 (ResNet-20)
+    of the ResNet-56 + ResNet-20 pair."""
+    return (Evaluation(key, args, proxy_args, configs=("proxy_cifar10_subset_resnet20",)),
+            Evaluation(key, args, proxy_args, configs=("proxy_cifar10_subset_resnet56_resnet20",), member="net2"))
+
+
+DOGO_PROBE = Evaluation("linear_dogo", ("linear", "--protocol", "dogo"))
+DINO_PROBE = Evaluation("linear_dino", ("linear", "--protocol", "dino"), proxy_args=("--no-augment",))
+MCL_PROXY = tuple(f"{Z}/{m}/proxy_cifar10_subset_resnet20_resnet32.yaml" for m in ("supervised", "dml", "mcl", "lmcl"))
+SDSSL_PROXY = (f"{Z}/sdssl/proxy_cifar10_subset_vit_p4_d4_simclr_baseline.yaml",
+               f"{Z}/sdssl/proxy_cifar10_subset_vit_p4_d4_sd_simclr.yaml",
+               f"{Z}/byol/proxy_cifar10_subset_vit_p4_d4_byol.yaml", f"{Z}/sdssl/proxy_cifar10_subset_vit_p4_d4_sd_byol.yaml",
+               f"{Z}/mocov3/proxy_cifar10_subset_vit_p4_d4_mocov3.yaml",
+               f"{Z}/sdssl/proxy_cifar10_subset_vit_p4_d4_sd_mocov3.yaml")
+SDSSL_PAPER = tuple(f"{Z}/sdssl/imagenet_vit_s16_{m}_300ep.yaml"
+                    for m in ("simclr_baseline", "sd_simclr", "sd_byol", "sd_mocov3"))
+PROXY_TRANSFER = ("--data", "digits")  # the one other data set on these machines (scikit-learn's, embedded)
+
+TABLES: dict[str, Table] = {t.name: t for t in (
+    Table("mokd_table1", "MOKD Table 1", "k-NN and linear probe of both nets, each alone (DINO) vs with MOKD",
+          MOKD_PROXY, MOKD_FLOORS, (DINO_PROBE,), compare="mokd_table1", paper_configs=MOKD_PAPER,
+          paper_cost="12 pairs x 100 ImageNet epochs: ~8 GPU-days per R50-ViT-S pair on 8 V100 (paper: 8 GPUs)",
+          proxy_minutes=75 + 15,
+          note="proxy k-NN measured 75 min (results/README.md); DINO probe on cached features (--no-augment)"),
+    Table("mokd_table3", "MOKD Table 3", "MOKD against SSL-KD methods; the MCL row (self-supervised MCL) only",
+          (*MOKD_PROXY, f"{Z}/mcl/proxy_ssl_cifar10_subset_resnet20_vit_p4_d4.yaml"), MOKD_FLOORS, (DINO_PROBE,),
+          runs="mokd_table1", paper_cost="SEED/ReKD/DisCo need their own code; MCL + MOKD pairs as Table 1",
+          proxy_minutes=20, note="SEED, ReKD and DisCo are not implemented; Supervised needs ImageNet labels"),
+    Table("mokd_table4", "MOKD Table 4", "fine-tuning on 1% and 10% class-balanced labels",
+          MOKD_PROXY, MOKD_FLOORS,
+          (Evaluation("semisup_1pct", ("semisup", "--fraction", "0.01", "--protocol", "mokd")),
+           Evaluation("semisup_10pct", ("semisup", "--fraction", "0.1", "--protocol", "mokd"),
+                      proxy_args=("--epochs", "10"))),
+          compare="mokd_table4", runs="mokd_table1", paper_configs=MOKD_PAPER,
+          paper_cost="Table 1's pre-training + 60/30 fine-tuning epochs on 1%/10% ImageNet (~0.5 GPU-day per net)",
+          proxy_minutes=50, note="proxy: 10% fine-tuned for 10 epochs (paper 30); 1% took 2.7 min for the MOKD "
+                                 "pair's two members on a loaded machine"),
+    Table("mokd_table5", "MOKD Table 5", "transfer by fine-tuning (paper: CIFAR-10/100; proxy: digits)",
+          MOKD_PROXY, MOKD_FLOORS,
+          (Evaluation("transfer_digits_finetune", ("transfer", "--mode", "finetune", "--protocol", "mokd"),
+                      proxy_args=(*PROXY_TRANSFER, "--epochs", "10")),),
+          compare="mokd_table5", runs="mokd_table1", paper_configs=MOKD_PAPER,
+          paper_evaluations=(
+              Evaluation("transfer_cifar10_finetune", ("transfer", "--mode", "finetune", "--protocol", "mokd",
+                                                       "--data", "cifar10", "--data-root", "data/cifar10")),
+              Evaluation("transfer_cifar100_finetune", ("transfer", "--mode", "finetune", "--protocol", "mokd",
+                                                        "--data", "cifar100", "--data-root", "data/cifar100"))),
+          paper_cost="Table 1's pre-training + 100 fine-tuning epochs on CIFAR-10 and CIFAR-100 per net",
+          proxy_minutes=45, note="proxy: transfer to digits for 10 epochs (the only other data set here)"),
+    Table("mokd_table7", "MOKD Table 7", "influence of each loss term (R50-ViT-S on ImageNet100, linear)",
+          paper_cost="4 R50-ViT-S pairs x 200 ImageNet100 epochs", compare="mokd_table7",
+          note="needs MOKD loss-term switches in proxy configs (not written yet): no proxy entry"),
+    Table("mokd_table9", "MOKD Table 9", "prediction consistency of the two nets' k-NN predictions",
+          MOKD_PROXY, MOKD_FLOORS,
+          (Evaluation("consistency", ("consistency",), configs=("proxy_cifar10_subset_resnet20_vit_p4_d4",)),
+           Evaluation("consistency", ("consistency",), configs=("proxy_cifar10_subset_resnet20",), member="cnn",
+                      other="proxy_cifar10_subset_vit_p4_d4", other_member="vit")),
+          compare="mokd_table9", runs="mokd_table1", paper_configs=MOKD_PAPER[:2] + MOKD_PAPER[3:4],
+          paper_cost="Table 1's R50-ViT-S runs + k-NN on ImageNet100", proxy_minutes=3,
+          note="the third column (MOKD's R50 swapped for a DINO R50 of similar accuracy) needs a longer DINO run"),
+    Table("mokd_fig5", "MOKD Fig. 5", "mean attention distance per layer, ViT and CNN, alone vs with MOKD",
+          MOKD_PROXY, MOKD_FLOORS, (Evaluation("attention_distance", ("attention",)),), compare="mokd_fig5",
+          runs="mokd_table1", paper_configs=MOKD_PAPER, paper_cost="Table 1's runs + one pass over 256 images",
+          proxy_minutes=3),
+    Table("dogo_table1", "DoGo Table 1", "each model alone (SimCLR) vs in a DoGo pair, linear (DoGo probe)",
+          DOGO_PROXY, DOGO_FLOORS, (DOGO_PROBE,), compare="dogo_table1",
+          paper_configs=tuple(sorted(str(p.relative_to(ROOT)) for p in (ROOT / Z / "dogo").glob("tinyimagenet_*")
+                                     if "simsiam" not in p.name)),
+          paper_cost="6 baselines + 12 pairs x 200 Tiny-ImageNet epochs (~1-3 GPU-days per pair)",
+          proxy_minutes=130, note="tools/proxy_dogo_table1.sh made the same runs; probe on cached features"),
+    Table("dogo_table2", "DoGo Table 2", "ResNet-18 fine-tuned on 1-100% class-balanced labels, alone vs DoGo",
+          DOGO_PROXY, DOGO_FLOORS,
+          tuple(e for p in (1, 5, 10, 20, 50, 100) for e in dogo_r18(
+              f"semisup_{p}pct_dogo", ("semisup", "--fraction", f"{p / 100:g}", "--protocol", "dogo"),
+              ("--epochs", "10"))),
+          compare="dogo_table2", runs="dogo_table1", paper_configs=DOGO_PAIR_R50_R18,
+          paper_cost="Table 1's R18 and R50-R18 runs + 6 fine-tunings of ResNet-18 on Tiny-ImageNet",
+          proxy_minutes=60, note="proxy: 10 fine-tuning epochs (paper: not stated; DoGo protocol default 100)"),
+    Table("dogo_table3", "DoGo Table 3", "linear evaluation on other data sets (paper: 6 OOD sets; proxy: digits)",
+          DOGO_PROXY, DOGO_FLOORS,
+          (Evaluation("transfer_digits_linear_dogo", ("transfer", "--mode", "linear", "--protocol", "dogo",
+                                                      "--epochs", "50"), proxy_args=PROXY_TRANSFER),),
+          compare="dogo_table3", runs="dogo_table1", paper_configs=DOGO_PAIR_R50_R18,
+          paper_cost="Table 1's R50/R18 runs + 50-epoch probes on 6 data sets", proxy_minutes=5),
+    Table("dogo_table4", "DoGo Table 4", "ResNet-18 peers with different objectives (SimCLR / SimSiam)",
+          (f"{Z}/simclr/proxy_cifar10_subset_resnet20.yaml", f"{Z}/simsiam/proxy_cifar10_subset_resnet20.yaml",
+           f"{Z}/dogo/proxy_cifar10_subset_resnet20_simclr_resnet20_simsiam.yaml",
+           f"{Z}/dogo/proxy_cifar10_subset_resnet20_simsiam_resnet20_simsiam.yaml"),
+          evaluations=(DOGO_PROBE,), compare="dogo_table1",
+          paper_configs=(f"{Z}/simclr/tinyimagenet_r18.yaml", f"{Z}/simsiam/tinyimagenet_r18.yaml",
+                         f"{Z}/dogo/tinyimagenet_r18_r18.yaml", f"{Z}/dogo/tinyimagenet_r18_simclr_r18_simsiam.yaml",
+                         f"{Z}/dogo/tinyimagenet_r18_simsiam_r18_simsiam.yaml"),
+          paper_cost="2 baselines + 3 pairs x 200 Tiny-ImageNet epochs", proxy_minutes=90,
+          note="proxy configs for the SimSiam peers are not written yet"),
+    Table("dogo_fig3", "DoGo Fig. 3", "ResNet-18 linear probe with 0-80% noisy labels, alone vs DoGo",
+          DOGO_PROXY, DOGO_FLOORS,
+          tuple(e for rate in (0.0, 0.2, 0.4, 0.6, 0.8)
+                for e in dogo_r18(f"noisy_{rate:g}_dogo", ("noisy", "--rate", f"{rate:g}", "--protocol", "dogo"))),
+          compare="dogo_fig3", runs="dogo_table1", paper_configs=DOGO_PAIR_R50_R18,
+          paper_cost="Table 1's R18 and R50-R18 runs + probes on CIFAR-10", proxy_minutes=10,
+          note="the paper draws the rates in a figure without numbers; 0-80% chosen here"),
+    Table("mcl_table2", "MCL Table 2", "two nets of different architectures: Baseline, DML, MCL, L-MCL",
+          MCL_PROXY, compare="mcl_table2",
+          paper_configs=tuple(sorted(str(p.relative_to(ROOT)) for m in ("dml", "lmcl")
+                                     for p in (ROOT / Z / m).glob("cifar100_*") if "_x" not in p.stem)),
+          paper_cost="8 pairs x 300 CIFAR-100 epochs per method (~2 GPU-hours each)", proxy_minutes=60,
+          note="proxy configs by the MCL engineer: check the paths"),
+    Table("mcl_table1", "MCL Table 1", "two nets of the same architecture: Baseline, DML, MCL, L-MCL",
+          tuple(f"{Z}/{m}/proxy_cifar10_subset_resnet20_x2.yaml" for m in ("supervised", "dml", "mcl", "lmcl")),
+          compare="mcl_table1",
+          paper_configs=tuple(sorted(str(p.relative_to(ROOT)) for m in ("dml", "lmcl")
+                                     for p in (ROOT / Z / m).glob("cifar100_*_x2.yaml"))),
+          paper_cost="9 networks x 300 CIFAR-100 epochs per method", proxy_minutes=60,
+          note="expected proxy config paths (not written yet): check them"),
+    Table("mcl_table3", "MCL Table 3", "three nets of the same architecture",
+          tuple(f"{Z}/{m}/proxy_cifar10_subset_resnet20_x3.yaml" for m in ("supervised", "dml", "lmcl")),
+          compare="mcl_table1",
+          paper_configs=tuple(sorted(str(p.relative_to(ROOT)) for m in ("dml", "lmcl")
+                                     for p in (ROOT / Z / m).glob("cifar100_*_x3.yaml"))),
+          paper_cost="6 networks x 300 CIFAR-100 epochs per method", proxy_minutes=90,
+          note="expected proxy config paths (not written yet): check them"),
+    Table("mcl_table4", "MCL Table 4", "linear probe on other data sets (paper: STL-10, Tiny-ImageNet; proxy: "
+          "digits)", MCL_PROXY,
+          evaluations=(Evaluation("transfer_digits_linear_mcl", ("transfer", "--mode", "linear", "--protocol", "mcl"),
+                                  proxy_args=PROXY_TRANSFER),),
+          compare="mcl_table4", runs="mcl_table2",
+          paper_configs=tuple(f"{Z}/{m}/cifar100_{n}_x2.yaml" for m in ("dml", "lmcl") for n in ("resnet56", "wrn_40_2")),
+          paper_cost="Table 1's ResNet-56/WRN-40-2 runs + 100-epoch probes on STL-10 and Tiny-ImageNet",
+          proxy_minutes=5),
+    Table("sdssl_table1", "SDSSL Table 1", "SSL methods with and without self-distillation of intermediate layers",
+          SDSSL_PROXY, compare="sdssl_table1", paper_configs=SDSSL_PAPER,
+          paper_cost="ViT-S/16 runs x 300 ImageNet epochs per method (SimCLR, BYOL, MoCo v3 with and without SD)",
+          proxy_minutes=120, note="proxy configs by the SDSSL engineer; the compare layout sdssl_table1 is theirs"),
+    Table("sdssl_fig3", "SDSSL Fig. 3", "k-NN of every intermediate layer, with and without self-distillation",
+          SDSSL_PROXY, evaluations=(Evaluation("multiexit_knn", ("multiexit", "--protocol", "knn"), per_table=True),),
+          runs="sdssl_table1", compare="runs", paper_configs=SDSSL_PAPER,
+          paper_cost="Table 1's runs + k-NN per block", proxy_minutes=10,
+          note="one `sslkd eval multiexit` over all runs of the table (the SDSSL engineer's command)"),
+)}
+
+
+# ------------------------------------------------------------------------------------------------ running
+class Interrupted(Exception):
+    """A training or evaluation was interrupted (Ctrl-C): what finished is kept, run the same command again."""
+
+
+def sslkd(argv: list[str]) -> None:
+    """One sslkd command in this process; an error or an interrupt stops the table."""
+    from sslkd.cli import main
+
+    status = main(argv)
+    if status == 130:
+        raise Interrupted(" ".join(argv))
+    if status != 0:
+        raise UserError(f"`sslkd {' '.join(argv)}` failed (exit {status}); fix it and run the same command again")
+
+
+def train(config: str, run_dir: Path, overrides: list[str], log) -> str:
+    """Skip a finished run, resume an interrupted one, else start it; returns what it did."""
+    if (run_dir / "summary.json").is_file():
+        log(f"skip    {run_dir} (finished)")
+        return "skip"
+    if (run_dir / "checkpoints" / "last.pt").is_file():
+        log(f"resume  {run_dir}")
+        sslkd(["train", "--resume", str(run_dir)])
+        return "resume"
+    log(f"train   {run_dir}")
+    sslkd(["train", "--config", config, "--output-dir", str(run_dir), "--overwrite", *overrides])
+    return "train"
+
+
+def evaluate(evaluation: Evaluation, run_dir: Path, partner: Path | None, proxy: bool, log) -> str:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    if evaluation.key in summary.get("evals", {}):
+        log(f"skip    {evaluation.key} of {run_dir} (recorded)")
+        return "skip"
+    argv = ["eval", *evaluation.args, *(evaluation.proxy_args if proxy else ()), "--checkpoint", str(run_dir),
+            "--record", "--key", evaluation.key]
+    if evaluation.member:
+        argv += ["--member", evaluation.member]
+    if partner is not None:
+        argv += ["--other-checkpoint", str(partner)] + (["--other-member", evaluation.other_member]
+                                                          if evaluation.other_member else [])
+    log(f"eval    {evaluation.key} of {run_dir}")
+    sslkd(argv)
+    return "eval"
+
+
+def evaluate_table(evaluation: Evaluation, plan: Plan, log) -> str:
+    out = plan.results / f"{plan.table.name}{plan.suffix}_{evaluation.key}"
+    if out.is_dir() and any(out.iterdir()):
+        log(f"skip    {evaluation.key} of {plan.table.name} ({out} exists)")
+        return "skip"
+    runs = [str(plan.out / _stem(c) / f"seed{seed}") for c in plan.configs() for seed in plan.seeds]
+    if evaluation.configs:
+        runs = [r for r in runs if Path(r).parent.name in evaluation.configs]
+    log(f"eval    {evaluation.key} of {len(runs)} runs -> {out}")
+    sslkd(["eval", *evaluation.args, *(evaluation.proxy_args if plan.proxy else ()), "--checkpoints", *runs,
+           "--out", str(out)])
+    return "eval"
+
+
+@dataclass
+class Plan:
+    table: Table
+    proxy: bool
+    seeds: list[int]
+    out: Path
+    results: Path
+    actions: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def suffix(self) -> str:
+        return "_proxy" if self.proxy else ""
+
+    def configs(self) -> tuple[str, ...]:
+        return self.table.configs if self.proxy else self.table.paper_configs
+
+    def evaluations(self) -> tuple[Evaluation, ...]:
+        if self.proxy or self.table.paper_evaluations is None:
+            return self.table.evaluations
+        return self.table.paper_evaluations
+
+    def floors(self) -> tuple[str, ...]:
+        return self.table.random_init if self.proxy else ()
+
+
+def _resolve(config: str) -> str:
+    path = Path(config)
+    return str(path if path.is_absolute() else ROOT / path)
+
+
+def check(plan: Plan) -> None:
+    configs = plan.configs()
+    if not configs:
+        raise UserError(f"{plan.table.name} has no {'proxy' if plan.proxy else 'paper-scale'} configs "
+                        f"({plan.table.note or 'see --list'}); choose another table or scale")
+    missing = [c for c in (*configs, *plan.floors()) if not Path(_resolve(c)).is_file()]
+    if missing:
+        raise UserError(f"{plan.table.name}: config(s) {', '.join(missing)} do not exist yet; write them first "
+                        "(see tools/reproduce.py --list)")
+
+
+def run_plan(plan: Plan, log=print) -> list[tuple[str, str]]:
+    """Train, evaluate, copy the run records and write the tables; returns the (action, target) done."""
+    check(plan)
+    table = plan.table
+    for config in plan.floors():
+        run_dir = plan.out / "random_init" / _stem(config)
+        plan.actions.append((train(_resolve(config), run_dir, [*table.overrides, "train.epochs=0"], log),
+                             str(run_dir)))
+    for seed in plan.seeds:
+        for config in plan.configs():
+            run_dir = plan.out / _stem(config) / f"seed{seed}"
+            plan.actions.append((train(_resolve(config), run_dir, [*table.overrides, f"train.seed={seed}"], log),
+                                 str(run_dir)))
+    for evaluation in plan.evaluations():
+        if evaluation.per_table:
+            plan.actions.append((evaluate_table(evaluation, plan, log), evaluation.key))
+            continue
+        for run_dir, seed in _eval_targets(plan, evaluation):
+            partner = None
+            if evaluation.other:
+                partner = (plan.out / "random_init" / evaluation.other if seed is None
+                           else plan.out / evaluation.other / f"seed{seed}")
+                if not (partner / "summary.json").is_file():
+                    log(f"skip    {evaluation.key} of {run_dir} (partner {partner} is not part of this table)")
+                    continue
+            plan.actions.append((evaluate(evaluation, run_dir, partner, plan.proxy, log),
+                                 f"{evaluation.key}:{run_dir}"))
+    write_results(plan, log)
+    return plan.actions
+
+
+def _eval_targets(plan: Plan, evaluation: Evaluation) -> list[tuple[Path, int | None]]:
+    stems = [_stem(c) for c in plan.configs()]
+    wanted = set(evaluation.configs) if evaluation.configs else set(stems)
+    targets = [(plan.out / stem / f"seed{seed}", seed) for seed in plan.seeds for stem in stems if stem in wanted]
+    if evaluation.floor:
+        targets += [(plan.out / "random_init" / _stem(c), None) for c in plan.floors() if _stem(c) in wanted]
+    return targets
+
+
+def write_results(plan: Plan, log) -> None:
+    """Copy every run's records to results/, write the tables and the wall-time account; print the table."""
+    from sslkd.report import compare
+
+    table = plan.table
+    records = plan.results / f"{'proxy_' if plan.proxy else ''}{table.run_group}"
+    run_dirs = sorted(p.parent for p in plan.out.rglob("summary.json"))
+    for run_dir in run_dirs:
+        target = records / run_dir.relative_to(plan.out)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("summary.json", "config.yaml", "metrics.jsonl"):
+            if (run_dir / name).is_file():
+                shutil.copy2(run_dir / name, target / name)
+    ours = [plan.out / _stem(c) for c in plan.configs() if (plan.out / _stem(c)).is_dir()]
+    floors = plan.out / "random_init"
+    stem = plan.results / f"{table.name}{plan.suffix}"
+    outputs = {f"{stem}.md": (ours, table.compare, "md"), f"{stem}.csv": (ours, table.compare, "csv"),
+               f"{stem}_runs.md": (ours, "runs", "md")}
+    if floors.is_dir() and any(floors.rglob("summary.json")):
+        outputs[f"{stem}_random_init.md"] = ([floors], "runs", "md")
+    for path, (dirs, name, fmt) in outputs.items():
+        Path(path).write_text(compare(dirs, table=name, fmt=fmt))
+    wall = wall_times(plan, run_dirs)
+    Path(f"{stem}_wall.md").write_text(wall)
+    log(Path(f"{stem}.md").read_text())
+    log(wall)
+
+
+def wall_times(plan: Plan, run_dirs: list[Path]) -> str:
+    """Per run: training wall time (summary.json) and the evaluations recorded for this table; the total."""
+    keys = {e.key for e in plan.evaluations()}
+    configs = {_stem(c) for c in (*plan.configs(), *plan.floors())}
+    lines = ["| run | training (min) | evaluations (min) |", "|---|---|---|"]
+    total = 0.0
+    for run_dir in run_dirs:
+        relative = run_dir.relative_to(plan.out)
+        if not configs.intersection(relative.parts):
+            continue
+        summary = json.loads((run_dir / "summary.json").read_text())
+        training = float(summary.get("wall_time_s") or 0.0)
+        evals = sum(float(v.get("wall_time_s", 0.0)) for k, v in summary.get("evals", {}).items() if k in keys)
+        total += training + evals
+        lines.append(f"| {relative} | {training / 60:.1f} | {evals / 60:.1f} |")
+    lines.append(f"| **total** | | **{total / 60:.1f} min** |")
+    return (f"**{plan.table.paper}{' (CPU proxy)' if plan.proxy else ''}: wall time per run**\n\n"
+            + "\n".join(lines) + "\n\n- training: summary.json wall_time_s (the loop only, without the run-end "
+            "k-NN); evaluations: the sslkd eval commands of this table\n")
+
+
+# ------------------------------------------------------------------------------------------------ listing
+def listing() -> str:
+    lines = []
+    for table in TABLES.values():
+        proxy_state = "no proxy configs"
+        if table.configs:
+            missing = [c for c in (*table.configs, *table.random_init) if not (ROOT / c).is_file()]
+            proxy_state = (f"~{table.proxy_minutes:g} min on 2 CPU cores (3 seeds, estimate)" if table.proxy_minutes else
+                           "cost not measured") + (f"; MISSING configs: {', '.join(missing)}" if missing else "")
+        shared = f" [runs shared with {table.runs}]" if table.runs else ""
+        lines.append(f"{table.name:14s} {table.paper}: {table.about}{shared}")
+        lines.append(f"{'':14s}   paper scale: {table.paper_cost or 'n/a'} "
+                     f"({len(table.paper_configs)} paper configs)")
+        lines.append(f"{'':14s}   proxy scale: {proxy_state}")
+        if table.note:
+            lines.append(f"{'':14s}   note: {table.note}")
+    return "\n".join(lines)
+
+
+def load_spec(path: str) -> Table:
+    """A table from a YAML/JSON file with Table's fields (evaluations as mappings of Evaluation's fields)."""
+    import yaml
+
+    raw = yaml.safe_load(Path(path).read_text())
+    if not isinstance(raw, dict) or "name" not in raw:
+        raise UserError(f"{path} is not a table spec: it needs at least name, paper, about and configs")
+    known = {f.name for f in dataclasses.fields(Table)}
+    unknown = set(raw) - known
+    if unknown:
+        raise UserError(f"unknown table-spec key(s) {', '.join(sorted(unknown))} in {path}; known: "
+                        f"{', '.join(sorted(known))}")
+    evaluations = tuple(Evaluation(**{k: tuple(v) if isinstance(v, list) else v for k, v in e.items()})
+                        for e in raw.pop("evaluations", []) or [])
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+    return Table(**{"paper": raw["name"], "about": "", **fields, "evaluations": evaluations})
+
+
+def main(argv: list[str] | None = None, log=print) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("table", nargs="?", help="table name (see --list)")
+    parser.add_argument("--list", action="store_true", help="list every table with its cost")
+    parser.add_argument("--proxy", action="store_true", help="the CPU-proxy version (default: paper scale)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    parser.add_argument("--spec", help="read the table from this YAML/JSON file instead of the built-in list")
+    parser.add_argument("--out", help="run directory root (default runs/proxy_<runs> or runs/<runs>)")
+    parser.add_argument("--results", default=str(ROOT / "results"), help="results directory (default results/)")
+    args = parser.parse_args(argv)
+    if args.list:
+        log(listing())
+        return 0
+    try:
+        if args.spec:
+            table = load_spec(args.spec)
+        elif args.table in TABLES:
+            table = TABLES[args.table]
+        else:
+            raise UserError(f"unknown table {args.table!r}; known: {', '.join(TABLES)} (or pass --spec FILE)")
+        if args.seeds < 1:
+            raise UserError(f"--seeds {args.seeds}: need at least one seed")
+        group = f"proxy_{table.run_group}" if args.proxy else table.run_group
+        out = Path(args.out).resolve() if args.out else ROOT / "runs" / group
+        plan = Plan(table, args.proxy, list(range(args.seeds)), out, Path(args.results).resolve())
+        plan.results.mkdir(parents=True, exist_ok=True)
+        start, cwd = time.perf_counter(), os.getcwd()
+        os.chdir(ROOT)  # the configs' data roots (../shared/data/...) are relative to the repository root
+        try:
+            run_plan(plan, log)
+        finally:
+            os.chdir(cwd)
+        log(f"done in {(time.perf_counter() - start) / 60:.1f} min this session")
+    except UserError as exc:
+        print(f"reproduce: error: {exc}", file=sys.stderr)
+        return 2
+    except Interrupted as exc:
+        print(f"reproduce: interrupted during `sslkd {exc}`; run the same command again to continue",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
