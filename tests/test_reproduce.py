@@ -44,9 +44,10 @@ def _actions(lines):
 
 
 def test_tiny_table_resumes_and_skips_what_finished(reproduce, tmp_path, monkeypatch):
-    config = tmp_path / "tiny_dino.yaml"
+    (tmp_path / "dino").mkdir()
+    config = tmp_path / "dino" / "tiny_dino.yaml"
     config.write_text("method: dino\n")
-    other = tmp_path / "tiny_dino_b.yaml"
+    other = tmp_path / "dino" / "tiny_dino_b.yaml"
     other.write_text("method: dino\n")
     overrides = tiny_overrides("dino", epochs=2) + ["eval.knn_k=[5, 20]"]
     spec = {
@@ -55,8 +56,8 @@ def test_tiny_table_resumes_and_skips_what_finished(reproduce, tmp_path, monkeyp
         "compare": "runs",
         "evaluations": [
             {"key": "linear_dogo", "args": ["linear", "--protocol", "dogo"], "proxy_args": ["--epochs", "1"]},
-            {"key": "consistency", "args": ["consistency"], "configs": ["tiny_dino"], "member": "cnn",
-             "other": "tiny_dino_b", "other_member": "cnn"},
+            {"key": "consistency", "args": ["consistency"], "configs": ["dino/tiny_dino"], "member": "cnn",
+             "other": "dino/tiny_dino_b", "other_member": "cnn"},
         ],
     }
     spec_file = tmp_path / "spec.yaml"
@@ -68,7 +69,7 @@ def test_tiny_table_resumes_and_skips_what_finished(reproduce, tmp_path, monkeyp
     from sslkd.engine.trainer import Trainer
 
     cfg = load_config(None, str(other), overrides + ["train.seed=0"])
-    assert Trainer(cfg, out / "tiny_dino_b" / "seed0").fit(stop_at_epoch=1) is None
+    assert Trainer(cfg, out / "dino" / "tiny_dino_b" / "seed0").fit(stop_at_epoch=1) is None
 
     # the first session is interrupted during its first evaluation
     real = reproduce.sslkd
@@ -92,11 +93,11 @@ def test_tiny_table_resumes_and_skips_what_finished(reproduce, tmp_path, monkeyp
     assert _actions(first) == ["skip"] * 3 + ["eval"] * 4 + ["skip"]
     summaries = {p: p.read_text() for p in out.rglob("summary.json")}
     assert len(summaries) == 3
-    assert json.loads((out / "tiny_dino_b" / "seed0" / "summary.json").read_text())["epochs"] == 2
-    recorded = json.loads((out / "tiny_dino" / "seed0" / "summary.json").read_text())
+    assert json.loads((out / "dino" / "tiny_dino_b" / "seed0" / "summary.json").read_text())["epochs"] == 2
+    recorded = json.loads((out / "dino" / "tiny_dino" / "seed0" / "summary.json").read_text())
     assert set(recorded["evals"]) == {"linear_dogo", "consistency"}
     assert recorded["members"]["cnn"]["linear_top1"] == recorded["evals"]["linear_dogo"]["cnn"]["linear_top1"]
-    assert set(json.loads((out / "random_init" / "tiny_dino" / "summary.json").read_text())["evals"]) == {
+    assert set(json.loads((out / "random_init" / "dino" / "tiny_dino" / "summary.json").read_text())["evals"]) == {
         "linear_dogo"}  # the floor has no partner of its own: no consistency
 
     second = []
@@ -107,8 +108,8 @@ def test_tiny_table_resumes_and_skips_what_finished(reproduce, tmp_path, monkeyp
     for name in ("tiny_table_proxy.md", "tiny_table_proxy.csv", "tiny_table_proxy_runs.md",
                  "tiny_table_proxy_random_init.md", "tiny_table_proxy_wall.md"):
         assert (results / name).is_file(), name
-    for run in ("tiny_dino/seed0", "tiny_dino_b/seed0", "random_init/tiny_dino"):
+    for run in ("dino/tiny_dino/seed0", "dino/tiny_dino_b/seed0", "random_init/dino/tiny_dino"):
         for name in ("summary.json", "config.yaml", "metrics.jsonl"):
             assert (results / "proxy_tiny_table" / run / name).is_file()
     wall = (results / "tiny_table_proxy_wall.md").read_text()
-    assert "| tiny_dino/seed0 |" in wall and "**total**" in wall
+    assert "| dino/tiny_dino/seed0 |" in wall and "**total**" in wall

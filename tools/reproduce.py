@@ -10,8 +10,8 @@ Resumable in parts: a run with summary.json is skipped, a run with a checkpoint 
 recorded in a run's summary.json (``evals``) is skipped. Tables that evaluate the same trained models share their
 runs (MOKD Tables 4, 5, 9 and Fig. 5 reuse MOKD Table 1's). Layout (the same as tools/proxy_*_table1.sh):
 
-    runs/proxy_<runs>/<config stem>/seed<N>          one training run per proxy config and seed
-    runs/proxy_<runs>/random_init/<config stem>      the random-initialisation floor (train.epochs=0)
+    runs/proxy_<runs>/<config folder>/<config stem>/seed<N>    one training run per proxy config and seed
+    runs/proxy_<runs>/random_init/<config folder>/<config stem>    the random-initialisation floor
     results/proxy_<runs>/...                         summary.json, config.yaml, metrics.jsonl of every run
     results/<table>_proxy{.md,.csv,_runs.md,_random_init.md,_wall.md}
 
@@ -44,8 +44,8 @@ class Evaluation:
     """One ``sslkd eval`` per run (or per run and partner), recorded in the run's summary.json under ``key``.
 
     ``args`` follow ``sslkd eval``; ``proxy_args`` are added at proxy scale only (shorter schedules). ``configs``
-    limits it to runs of these config stems (empty: every run, floors included unless ``floor=False``);
-    ``member`` evaluates one member; ``other`` names the config stem of a second run of the same seed whose
+    limits it to these runs, named ``folder/stem`` after their configs (empty: every run, floors included unless
+    ``floor=False``); ``member`` evaluates one member; ``other`` names a second run of the same seed whose
     ``other_member`` is the partner (prediction consistency between two runs). ``per_table``: one command over
     every trained run of the table (``--checkpoints RUN...``), writing to ``--out results/<table>[_proxy]_<key>``;
     done when that directory holds files."""
@@ -88,7 +88,8 @@ class Table:
 
 
 def _stem(path: str) -> str:
-    return Path(path).stem
+    """A config's run name: its folder and file stem (``mcl/proxy_x``), unique where stems repeat across methods."""
+    return f"{Path(path).parent.name}/{Path(path).stem}"
 
 
 # ------------------------------------------------------------------------------------------------ table specs
@@ -108,8 +109,9 @@ DOGO_PAIR_R50_R18 = (f"{Z}/simclr/tinyimagenet_r18.yaml", f"{Z}/simclr/tinyimage
 def dogo_r18(key: str, args: tuple[str, ...], proxy_args: tuple[str, ...] = ()) -> tuple[Evaluation, Evaluation]:
     """An evaluation of the ResNet-18 stand-in of the DoGo proxy: the SimCLR ResNet-20 alone and net2 (ResNet-20)
     of the ResNet-56 + ResNet-20 pair."""
-    return (Evaluation(key, args, proxy_args, configs=("proxy_cifar10_subset_resnet20",)),
-            Evaluation(key, args, proxy_args, configs=("proxy_cifar10_subset_resnet56_resnet20",), member="net2"))
+    return (Evaluation(key, args, proxy_args, configs=("simclr/proxy_cifar10_subset_resnet20",)),
+            Evaluation(key, args, proxy_args, configs=("dogo/proxy_cifar10_subset_resnet56_resnet20",),
+                       member="net2"))
 
 
 DOGO_PROBE = Evaluation("linear_dogo", ("linear", "--protocol", "dogo"))
@@ -160,9 +162,9 @@ TABLES: dict[str, Table] = {t.name: t for t in (
           note="needs MOKD loss-term switches in proxy configs (not written yet): no proxy entry"),
     Table("mokd_table9", "MOKD Table 9", "prediction consistency of the two nets' k-NN predictions",
           MOKD_PROXY, MOKD_FLOORS,
-          (Evaluation("consistency", ("consistency",), configs=("proxy_cifar10_subset_resnet20_vit_p4_d4",)),
-           Evaluation("consistency", ("consistency",), configs=("proxy_cifar10_subset_resnet20",), member="cnn",
-                      other="proxy_cifar10_subset_vit_p4_d4", other_member="vit")),
+          (Evaluation("consistency", ("consistency",), configs=("mokd/proxy_cifar10_subset_resnet20_vit_p4_d4",)),
+           Evaluation("consistency", ("consistency",), configs=("dino/proxy_cifar10_subset_resnet20",),
+                      member="cnn", other="dino/proxy_cifar10_subset_vit_p4_d4", other_member="vit")),
           compare="mokd_table9", runs="mokd_table1", paper_configs=MOKD_PAPER[:2] + MOKD_PAPER[3:4],
           paper_cost="Table 1's R50-ViT-S runs + k-NN on ImageNet100", proxy_minutes=3,
           note="the third column (MOKD's R50 swapped for a DINO R50 of similar accuracy) needs a longer DINO run"),
@@ -175,7 +177,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
           paper_configs=tuple(sorted(str(p.relative_to(ROOT)) for p in (ROOT / Z / "dogo").glob("tinyimagenet_*")
                                      if "simsiam" not in p.name)),
           paper_cost="6 baselines + 12 pairs x 200 Tiny-ImageNet epochs (~1-3 GPU-days per pair)",
-          proxy_minutes=130, note="tools/proxy_dogo_table1.sh made the same runs; probe on cached features"),
+          proxy_minutes=130, note="probe on cached features"),
     Table("dogo_table2", "DoGo Table 2", "ResNet-18 fine-tuned on 1-100% class-balanced labels, alone vs DoGo",
           DOGO_PROXY, DOGO_FLOORS,
           tuple(e for p in (1, 5, 10, 20, 50, 100) for e in dogo_r18(
@@ -425,7 +427,8 @@ def wall_times(plan: Plan, run_dirs: list[Path]) -> str:
     total = 0.0
     for run_dir in run_dirs:
         relative = run_dir.relative_to(plan.out)
-        if not configs.intersection(relative.parts):
+        run_name = relative.parent if relative.parts[0] != "random_init" else relative.relative_to("random_init")
+        if run_name.as_posix() not in configs:
             continue
         summary = json.loads((run_dir / "summary.json").read_text())
         training = float(summary.get("wall_time_s") or 0.0)
