@@ -106,19 +106,25 @@ def probe_feature_fn(backbone: nn.Module, n_last_blocks: int = 4,
                          f"({', '.join(names)}); for a class-token ViT the CLS token after the final norm")
 
 
+def per_class_draw(labels: torch.Tensor, fraction: float, seed: int, minimum: int = 0) -> torch.Tensor:
+    """Sorted indices of ``max(minimum, round(fraction x n_c))`` images of every class c, drawn with ``seed``."""
+    labels = torch.as_tensor(labels).long()
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for cls in torch.unique(labels):
+        members = torch.nonzero(labels == cls).flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        chosen.append(members[: max(minimum, round(fraction * len(members)))])
+    return torch.sort(torch.cat(chosen)).values
+
+
 def split_train_val(labels: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Hold out ``round(val_fraction x n)`` images of every class, chosen by ``seed``; sorted (train, val) indices.
 
     Per class, so a small or unbalanced train set still validates on every class.
     """
     labels = torch.as_tensor(labels).long()
-    generator = torch.Generator().manual_seed(seed)
-    val = []
-    for cls in torch.unique(labels):
-        members = torch.nonzero(labels == cls).flatten()
-        members = members[torch.randperm(len(members), generator=generator)]
-        val.append(members[: round(val_fraction * len(members))])
-    val_idx = torch.sort(torch.cat(val)).values
+    val_idx = per_class_draw(labels, val_fraction, seed)
     is_val = torch.zeros(len(labels), dtype=torch.bool)
     is_val[val_idx] = True
     train_idx = torch.nonzero(~is_val).flatten()

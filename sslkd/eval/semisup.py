@@ -33,7 +33,7 @@ from sslkd.data import build_dataset
 from sslkd.data.transforms import EvalTransform
 from sslkd.errors import UserError
 from sslkd.eval.checkpoints import add_common_args, finish, load_members, timed
-from sslkd.eval.linear import CROP_SCALE, _with_transform, split_train_val
+from sslkd.eval.linear import CROP_SCALE, _with_transform, per_class_draw, split_train_val
 
 
 @dataclass(frozen=True)
@@ -63,14 +63,7 @@ def class_balanced_fraction(labels: torch.Tensor, fraction: float, seed: int) ->
     """Sorted indices of ``round(fraction x n_c)`` images of every class c (at least one), drawn with ``seed``."""
     if not 0 < fraction <= 1:
         raise UserError(f"label fraction {fraction} must lie in (0, 1]; e.g. 0.01 for 1% of the labels")
-    labels = torch.as_tensor(labels).long()
-    generator = torch.Generator().manual_seed(seed)
-    chosen = []
-    for cls in torch.unique(labels):
-        members = torch.nonzero(labels == cls).flatten()
-        members = members[torch.randperm(len(members), generator=generator)]
-        chosen.append(members[: max(1, round(fraction * len(members)))])
-    return torch.sort(torch.cat(chosen)).values
+    return per_class_draw(labels, fraction, seed, minimum=1)
 
 
 def _train_augment(size: int, mean, std) -> v2.Compose:
