@@ -178,6 +178,12 @@ TABLES: dict[str, Table] = {t.name: t for t in (
                                      if "simsiam" not in p.name)),
           paper_cost="6 baselines + 12 pairs x 200 Tiny-ImageNet epochs (~1-3 GPU-days per pair)",
           proxy_minutes=130, note="probe on cached features"),
+    Table("dogo_kd_ablation", "DoGo Table 1 (ablation)",
+          "the proxy pair with the paper's KD weighting (shared views, KL per row, lambda 1) and with lambda 10",
+          (*DOGO_PROXY, f"{Z}/dogo/proxy_cifar10_subset_resnet56_resnet20_paper_kd.yaml",
+           f"{Z}/dogo/proxy_cifar10_subset_resnet56_resnet20_lambda10.yaml"), DOGO_FLOORS, (DOGO_PROBE,),
+          compare="runs", runs="dogo_table1", proxy_minutes=90,
+          note="sslkd's extension: the paper and the authors' code weigh L_kd differently (METHODS.md)"),
     Table("dogo_table2", "DoGo Table 2", "ResNet-18 fine-tuned on 1-100% class-balanced labels, alone vs DoGo",
           DOGO_PROXY, DOGO_FLOORS,
           tuple(e for p in (1, 5, 10, 20, 50, 100) for e in dogo_r18(
