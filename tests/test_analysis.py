@@ -7,7 +7,10 @@ import pytest
 import torch
 
 from sslkd.cli import main
-from sslkd.eval.analysis import alignment, cka_matrix, layer_metrics, linear_cka, negative_alignment, uniformity
+import pandas as pd
+
+from sslkd.eval.analysis import (METRICS, alignment, cka_matrix, layer_metrics, linear_cka, negative_alignment,
+                                 summarize, uniformity)
 
 TINY = ["train.epochs=1", "train.batch_size=16", "data.train_subset=64", "data.num_workers=0", "eval.knn_k=[5]",
         "members.vit.backbone_args={img_size: 32, patch_size: 8, depth: 2, embed_dim: 24, num_heads: 2}",
@@ -51,6 +54,19 @@ def test_linear_cka_by_hand_on_one_dimensional_features():
     assert matrix.loc["a", "a"] == 1.0 and matrix.loc["a", "b"] == matrix.loc["b", "a"]
 
 
+def test_summary_is_mean_and_sample_std_over_seeds_per_framework_and_layer():
+    values = {metric: 0.0 for metric, _ in METRICS}
+    rows = pd.DataFrame([
+        {"framework": "SimCLR", "layer": 1, "seed": 0, **values, "alignment": 1.0},
+        {"framework": "SimCLR", "layer": 1, "seed": 1, **values, "alignment": 3.0},
+        {"framework": "SD-SimCLR", "layer": 1, "seed": 0, **values, "alignment": 5.0}])
+    summary = summarize(rows).set_index("framework")
+    assert summary.loc["SimCLR", "alignment_mean"] == 2.0
+    assert summary.loc["SimCLR", "alignment_std"] == pytest.approx(math.sqrt(2.0))
+    assert summary.loc["SimCLR", "seeds"] == 2
+    assert summary.loc["SD-SimCLR", "alignment_std"] == 0.0 and summary.loc["SD-SimCLR", "seeds"] == 1
+
+
 def test_multiexit_and_analysis_commands(tmp_path, capsys):
     runs = []
     for name, extra in (("base", ["strategy.layers=[]", "strategy.beta=0.0"]), ("sd", [])):
@@ -63,8 +79,10 @@ def test_multiexit_and_analysis_commands(tmp_path, capsys):
     table = (tmp_path / "me" / "multiexit_knn.md").read_text()
     assert "MoCo v3" in table and "SD-MoCo v3" in table
     assert (tmp_path / "me" / "multiexit_knn.png").stat().st_size > 0
-    assert main(["eval", "analyze", "--checkpoint", *runs, "--out", str(tmp_path / "an"), "--max-images", "50"]) == 0
+    assert main(["eval", "analyze", "--checkpoints", *runs, "--out", str(tmp_path / "an"), "--max-images", "50"]) == 0
     assert (tmp_path / "an" / "cka.png").stat().st_size > 0 and (tmp_path / "an" / "metrics.png").stat().st_size > 0
+    summary = (tmp_path / "an" / "analysis_summary.md").read_text()
+    assert "| SD-MoCo v3 | 2 |" in summary and "| MoCo v3 | 1 |" in summary
     assert main(["eval", "linear", "--checkpoint", runs[1], "--layers", "1", "--epochs", "1",
                  "--protocol", "dogo"]) == 0
     assert "layer  1" in capsys.readouterr().out

@@ -206,8 +206,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
           paper_configs=(f"{Z}/simclr/tinyimagenet_r18.yaml", f"{Z}/simsiam/tinyimagenet_r18.yaml",
                          f"{Z}/dogo/tinyimagenet_r18_r18.yaml", f"{Z}/dogo/tinyimagenet_r18_simclr_r18_simsiam.yaml",
                          f"{Z}/dogo/tinyimagenet_r18_simsiam_r18_simsiam.yaml"),
-          paper_cost="2 baselines + 3 pairs x 200 Tiny-ImageNet epochs", proxy_minutes=90,
-          note="proxy configs for the SimSiam peers are not written yet"),
+          paper_cost="2 baselines + 3 pairs x 200 Tiny-ImageNet epochs", proxy_minutes=90),
     Table("dogo_fig3", "DoGo Fig. 3", "ResNet-18 linear probe with 0-80% noisy labels, alone vs DoGo",
           DOGO_PROXY, DOGO_FLOORS,
           tuple(e for rate in (0.0, 0.2, 0.4, 0.6, 0.8)
@@ -219,22 +218,22 @@ TABLES: dict[str, Table] = {t.name: t for t in (
           MCL_PROXY, compare="mcl_table2",
           paper_configs=tuple(sorted(str(p.relative_to(ROOT)) for m in ("dml", "lmcl")
                                      for p in (ROOT / Z / m).glob("cifar100_*") if "_x" not in p.stem)),
-          paper_cost="8 pairs x 300 CIFAR-100 epochs per method (~2 GPU-hours each)", proxy_minutes=60,
-          note="proxy configs by the MCL engineer: check the paths"),
+          paper_cost="8 pairs x 300 CIFAR-100 epochs per method (~2 GPU-hours each)", proxy_minutes=130,
+          note="proxy: ResNet-20 + ResNet-32 (7-11 min per run; L-MCL about 20)"),
     Table("mcl_table1", "MCL Table 1", "two nets of the same architecture: Baseline, DML, MCL, L-MCL",
           tuple(f"{Z}/{m}/proxy_cifar10_subset_resnet20_x2.yaml" for m in ("supervised", "dml", "mcl", "lmcl")),
           compare="mcl_table1",
           paper_configs=tuple(sorted(str(p.relative_to(ROOT)) for m in ("dml", "lmcl")
                                      for p in (ROOT / Z / m).glob("cifar100_*_x2.yaml"))),
-          paper_cost="9 networks x 300 CIFAR-100 epochs per method", proxy_minutes=60,
-          note="expected proxy config paths (not written yet): check them"),
+          paper_cost="9 networks x 300 CIFAR-100 epochs per method", proxy_minutes=100,
+          note="proxy: two ResNet-20s"),
     Table("mcl_table3", "MCL Table 3", "three nets of the same architecture",
           tuple(f"{Z}/{m}/proxy_cifar10_subset_resnet20_x3.yaml" for m in ("supervised", "dml", "lmcl")),
           compare="mcl_table1",
           paper_configs=tuple(sorted(str(p.relative_to(ROOT)) for m in ("dml", "lmcl")
                                      for p in (ROOT / Z / m).glob("cifar100_*_x3.yaml"))),
           paper_cost="6 networks x 300 CIFAR-100 epochs per method", proxy_minutes=90,
-          note="expected proxy config paths (not written yet): check them"),
+          note="proxy: three ResNet-20s (the paper's Table 3 has L-MCL, not MCL)"),
     Table("mcl_table4", "MCL Table 4", "linear probe on other data sets (paper: STL-10, Tiny-ImageNet; proxy: "
           "digits)", MCL_PROXY,
           evaluations=(Evaluation("transfer_digits_linear_mcl", ("transfer", "--mode", "linear", "--protocol", "mcl"),
@@ -246,12 +245,14 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     Table("sdssl_table1", "SDSSL Table 1", "SSL methods with and without self-distillation of intermediate layers",
           SDSSL_PROXY, compare="sdssl_table1", paper_configs=SDSSL_PAPER,
           paper_cost="ViT-S/16 runs x 300 ImageNet epochs per method (SimCLR, BYOL, MoCo v3 with and without SD)",
-          proxy_minutes=120, note="proxy configs by the SDSSL engineer; the compare layout sdssl_table1 is theirs"),
+          proxy_minutes=170, note="one proxy run took 14 min on a shared machine (8-10 min on 2 free cores)"),
     Table("sdssl_fig3", "SDSSL Fig. 3", "k-NN of every intermediate layer, with and without self-distillation",
-          SDSSL_PROXY, evaluations=(Evaluation("multiexit_knn", ("multiexit", "--protocol", "knn"), per_table=True),),
+          SDSSL_PROXY, evaluations=(Evaluation("multiexit_knn", ("multiexit", "--protocol", "knn"), per_table=True),
+                                    Evaluation("analysis", ("analyze",), per_table=True)),
           runs="sdssl_table1", compare="runs", paper_configs=SDSSL_PAPER,
-          paper_cost="Table 1's runs + k-NN per block", proxy_minutes=10,
-          note="one `sslkd eval multiexit` over all runs of the table (the SDSSL engineer's command)"),
+          paper_cost="Table 1's runs + k-NN per block + the Sec. 4.4 analyses", proxy_minutes=10,
+          note="`sslkd eval multiexit` (Fig. 3) and `sslkd eval analyze` (Sec. 4.4: alignment, uniformity, CKA) "
+               "over every run of the table"),
 )}
 
 
@@ -307,9 +308,8 @@ def evaluate_table(evaluation: Evaluation, plan: Plan, log) -> str:
     if out.is_dir() and any(out.iterdir()):
         log(f"skip    {evaluation.key} of {plan.table.name} ({out} exists)")
         return "skip"
-    runs = [str(plan.out / _stem(c) / f"seed{seed}") for c in plan.configs() for seed in plan.seeds]
-    if evaluation.configs:
-        runs = [r for r in runs if Path(r).parent.name in evaluation.configs]
+    runs = [str(plan.out / _stem(c) / f"seed{seed}") for c in plan.configs() for seed in plan.seeds
+            if not evaluation.configs or _stem(c) in evaluation.configs]
     log(f"eval    {evaluation.key} of {len(runs)} runs -> {out}")
     sslkd(["eval", *evaluation.args, *(evaluation.proxy_args if plan.proxy else ()), "--checkpoints", *runs,
            "--out", str(out)])

@@ -9,8 +9,9 @@
 Features are each layer's pooled output (``Backbone.forward_intermediates``), L2-normalised for the alignment and
 uniformity metrics (Wang & Isola define them on the hypersphere) and raw for CKA. Positive pairs are the run's own
 two training views of each test image (its p_pos); the data pairs are all pairs of distinct images within a view
-(averaged over the two views); CKA uses the un-augmented test images. ``sslkd eval analyze --checkpoint RUN [RUN...] --out DIR`` writes the numbers (JSON, CSV), the metric
-curves against layer (one line per run) and the CKA heat-maps (one per run).
+(averaged over the two views); CKA uses the un-augmented test images.
+``sslkd eval analyze --checkpoints RUN [RUN...] --out DIR`` writes the numbers (JSON, CSV per run; mean +- std over seeds per framework), the metric curves against layer and the
+CKA heat-maps (one line or map per framework, over its seeds).
 """
 
 from __future__ import annotations
@@ -155,8 +156,27 @@ METRICS = (("alignment", "alignment L_ali (lower: positives closer)"),
            ("uniformity_alignment_ratio", "-L_uni / L_ali"))
 
 
+def summarize(rows: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds of every metric, per framework and layer (std 0 for one seed)."""
+    stats = rows.groupby(["framework", "layer"], sort=False)[[m for m, _ in METRICS]].agg(["mean", "std"])
+    stats.columns = [f"{metric}_{stat}" for metric, stat in stats.columns]
+    counts = rows.groupby(["framework", "layer"], sort=False)["seed"].nunique().rename("seeds")
+    return stats.fillna(0.0).join(counts).reset_index()
+
+
+def summary_markdown(summary: pd.DataFrame) -> str:
+    """The summary as a Markdown table, each metric as mean +- std."""
+    header = ["framework", "layer", *(m for m, _ in METRICS), "seeds"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, row in summary.iterrows():
+        cells = [f"{row[f'{m}_mean']:.4f} +- {row[f'{m}_std']:.4f}" for m, _ in METRICS]
+        lines.append(f"| {row['framework']} | {row['layer']} | " + " | ".join(cells) + f" | {row['seeds']} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_metrics(rows: pd.DataFrame, out: Path) -> Path:
-    """The Sec. 4.4 numbers against layer, one line per run (Figs. 7-8); uniformity drawn as -L_uni as the paper."""
+    """The Sec. 4.4 numbers against layer, one line per framework (mean over seeds, band +- std) (Figs. 7-8);
+    uniformity drawn as -L_uni as the paper."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -164,9 +184,11 @@ def plot_metrics(rows: pd.DataFrame, out: Path) -> Path:
 
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.5))
     for ax, (metric, title) in zip(axes, METRICS):
-        for label, group in rows.groupby("run", sort=False):
-            values = -group[metric] if metric == "uniformity" else group[metric]
-            ax.plot(group["layer"], values, marker="o", label=label)
+        for framework, group in rows.groupby("framework", sort=False):
+            values = (-group[metric] if metric == "uniformity" else group[metric]).groupby(group["layer"])
+            mean, std = values.mean(), values.std().fillna(0.0)
+            ax.plot(mean.index, mean.values, marker="o", label=framework)
+            ax.fill_between(mean.index, mean - std, mean + std, alpha=0.2)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("layer")
         ax.grid(alpha=0.3)
@@ -178,7 +200,7 @@ def plot_metrics(rows: pd.DataFrame, out: Path) -> Path:
 
 
 def plot_cka(matrices: dict[str, pd.DataFrame], out: Path) -> Path:
-    """One CKA heat-map (layer x layer, 0..1) per run, side by side (Fig. 6)."""
+    """One CKA heat-map (layer x layer, 0..1) per framework, side by side (Fig. 6)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -202,34 +224,44 @@ def plot_cka(matrices: dict[str, pd.DataFrame], out: Path) -> Path:
 
 def analyze(checkpoints: list[str], out_dir: str | Path, member: str | None = None, max_images: int = 2000,
             seed: int = 0) -> dict[str, Path]:
-    """Analyse every checkpoint; write analysis.json, analysis.csv, cka_<run>.csv, metrics.png and cka.png."""
+    """Analyse every checkpoint; write analysis.json and analysis.csv (per run), analysis_summary.{csv,md} (mean
+    +- std over seeds per framework), cka_<i>.csv (per run), metrics.png and cka.png (CKA averaged over seeds)."""
     from sslkd.eval.checkpoints import load_strategy
     from sslkd.eval.layers import framework_label
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    frames, matrices, payload = [], {}, {}
+    frames, matrices, payload, frameworks = [], {}, {}, {}
     for path in checkpoints:
         _, cfg = load_strategy(path)
-        base_label = f"{framework_label(cfg.method, cfg.strategy)} seed {cfg.train.seed}"
+        framework = framework_label(cfg.method, cfg.strategy)
         members = analyze_checkpoint(path, member, max_images, seed)
         for name, result in members.items():
-            label = base_label if len(members) == 1 else f"{base_label} {name}"
+            group = framework if len(members) == 1 else f"{framework} {name}"
+            label = f"{group} seed {cfg.train.seed}"
             label = label if label not in matrices else f"{label} ({path})"
-            frames.append(pd.DataFrame(result["layers"]).assign(run=label, member=name, checkpoint=str(path)))
+            frames.append(pd.DataFrame(result["layers"]).assign(
+                run=label, framework=group, seed=cfg.train.seed, member=name, checkpoint=str(path)))
             matrices[label] = result["cka"]
+            frameworks.setdefault(group, []).append(result["cka"])
             payload[label] = {"member": name, "layers": result["layers"], "cka": result["cka"].values.tolist(),
                               "settings": result["settings"]}
     rows = pd.concat(frames, ignore_index=True)
-    paths = {"json": out_dir / "analysis.json", "csv": out_dir / "analysis.csv", "metrics_png": out_dir / "metrics.png",
-             "cka_png": out_dir / "cka.png"}
+    summary = summarize(rows)
+    paths = {"json": out_dir / "analysis.json", "csv": out_dir / "analysis.csv",
+             "summary_csv": out_dir / "analysis_summary.csv", "summary_md": out_dir / "analysis_summary.md",
+             "metrics_png": out_dir / "metrics.png", "cka_png": out_dir / "cka.png"}
     paths["json"].write_text(json.dumps(payload, indent=2))
     rows.to_csv(paths["csv"], index=False)
+    summary.to_csv(paths["summary_csv"], index=False)
+    paths["summary_md"].write_text(summary_markdown(summary))
     for i, (label, matrix) in enumerate(matrices.items()):
         paths[f"cka_csv_{i}"] = out_dir / f"cka_{i}.csv"
         matrix.to_csv(paths[f"cka_csv_{i}"], index_label=label)
     plot_metrics(rows, paths["metrics_png"])
-    plot_cka(matrices, paths["cka_png"])
+    mean_cka = {(group if len(ms) == 1 else f"{group} (mean of {len(ms)} seeds)"): sum(ms) / len(ms)
+                for group, ms in frameworks.items()}
+    plot_cka(mean_cka, paths["cka_png"])
     return paths
 
 
@@ -237,7 +269,7 @@ def add_parser(protocols: argparse._SubParsersAction) -> None:
     """``sslkd eval analyze`` (sets ``args.run``)."""
     parser = protocols.add_parser("analyze", help="per-layer alignment, uniformity, negative alignment and their "
                                                   "ratios, and layer-by-layer CKA (SDSSL Sec. 4.4): CSV, JSON, PNGs")
-    parser.add_argument("--checkpoint", nargs="+", required=True, metavar="RUN",
+    parser.add_argument("--checkpoints", "--checkpoint", dest="checkpoints", nargs="+", required=True, metavar="RUN",
                         help="one or more checkpoints or run directories (e.g. MoCo v3 and SD-MoCo v3)")
     parser.add_argument("--member", help="analyse only this member")
     parser.add_argument("--max-images", type=int, default=2000, help="test images used (pairwise metrics are O(n^2))")
@@ -247,7 +279,7 @@ def add_parser(protocols: argparse._SubParsersAction) -> None:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    paths = analyze(args.checkpoint, args.out, args.member, args.max_images, args.seed)
+    paths = analyze(args.checkpoints, args.out, args.member, args.max_images, args.seed)
     rows = pd.read_csv(paths["csv"])
     columns = ["run", "layer", "alignment", "uniformity", "negative_alignment", "alignment_ratio",
                "uniformity_alignment_ratio"]
