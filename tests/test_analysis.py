@@ -79,6 +79,10 @@ def test_multiexit_and_analysis_commands(tmp_path, capsys):
     table = (tmp_path / "me" / "multiexit_knn.md").read_text()
     assert "MoCo v3" in table and "SD-MoCo v3" in table
     assert (tmp_path / "me" / "multiexit_knn.png").stat().st_size > 0
+    assert main(["eval", "multiexit", "--checkpoints", runs[1], "--protocol", "linear", "--probe", "dino",
+                 "--epochs", "1", "--no-augment", "--out", str(tmp_path / "me_linear")]) == 0
+    rows = pd.read_csv(tmp_path / "me_linear" / "multiexit_linear_rows.csv")
+    assert sorted(rows["layer"]) == [1, 2] and rows["top1"].between(0, 100).all()
     assert main(["eval", "analyze", "--checkpoints", *runs, "--out", str(tmp_path / "an"), "--max-images", "50"]) == 0
     assert (tmp_path / "an" / "cka.png").stat().st_size > 0 and (tmp_path / "an" / "metrics.png").stat().st_size > 0
     summary = (tmp_path / "an" / "analysis_summary.md").read_text()

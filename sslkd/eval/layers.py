@@ -209,8 +209,10 @@ def plot_multiexit(rows: pd.DataFrame, out: Path, protocol: str, title: str = ""
 
 
 def multiexit(checkpoints: list[str], protocol: str, out_dir: str | Path, layers: str | None = "all",
-              member: str | None = None, **probe_args) -> dict[str, Path]:
-    """Evaluate every checkpoint per layer; write rows.csv, table.md, table.csv and multiexit_<protocol>.png."""
+              member: str | None = None, probe: str = "dino", epochs: int | None = None,
+              augment: bool | None = None) -> dict[str, Path]:
+    """Evaluate every checkpoint per layer (k-NN, or a linear probe with the ``probe`` recipe); write rows.csv,
+    table.md, table.csv and multiexit_<protocol>.png."""
     from sslkd.eval.checkpoints import load_strategy
     from sslkd.report.tables import render
 
@@ -221,7 +223,7 @@ def multiexit(checkpoints: list[str], protocol: str, out_dir: str | Path, layers
         if protocol == "knn":
             results = knn_per_layer(path, layers, member)
         else:
-            results = linear_per_layer(path, layers, member, **probe_args)
+            results = linear_per_layer(path, layers, member, probe, epochs=epochs, augment=augment)
         frame = pd.DataFrame(layer_rows(results, protocol))
         frames.append(frame.assign(framework=framework_label(cfg.method, cfg.strategy), seed=cfg.train.seed, checkpoint=str(path)))
     rows = pd.concat(frames, ignore_index=True)
@@ -282,10 +284,8 @@ def add_parser(protocols: argparse._SubParsersAction) -> None:
 
 
 def cmd_multiexit(args: argparse.Namespace) -> int:
-    probe_args = {}
-    if args.multiexit_protocol == "linear":
-        probe_args = dict(protocol=args.probe, epochs=args.epochs, augment=args.augment)
-    paths = multiexit(args.checkpoints, args.multiexit_protocol, args.out, args.layers, args.member, **probe_args)
+    paths = multiexit(args.checkpoints, args.multiexit_protocol, args.out, args.layers, args.member, args.probe,
+                      args.epochs, args.augment)
     print(paths["md"].read_text())
     for path in paths.values():
         print(path)
