@@ -16,6 +16,7 @@ from sslkd.report import (
     load_paper_numbers,
     load_runs,
     mokd_table1,
+    mokd_table3,
     render,
     rich_table,
     runs_table,
@@ -125,6 +126,24 @@ def test_mokd_table1_member_order_epoch_fallback_and_single_seed(tmp_path):
     assert "no 30-epoch dino run of vit_tiny4" in notes and "no dino run of cifar_resnet20" in notes
     # the paper pair is R50-ViT-S: swapped into our member order
     assert (paper["Net1"], paper["k-NN MOKD Net1"], paper["k-NN MOKD Net2"]) == ("ViT-S", "70.8", "67.1")
+
+
+def test_mokd_table3_rows_for_independent_mcl_and_mokd_then_the_papers_methods(sweep):
+    for seed, (cnn, vit) in enumerate(((38.0, 30.0), (40.0, 31.0))):
+        write_run(sweep / "mcl" / f"s{seed}", "mcl", seed, {"cnn": member(CNN, cnn, cnn + 5), "vit": member(VIT, vit)})
+    table = mokd_table3(load_runs([sweep])).set_index(["Method", "Source"])
+    ours = "ours: cifar10_subset, 30 ep"
+    assert table.loc[("Independent (DINO alone)", ours), "k-NN Net1"] == "41.0 +- 1.0 (3)"
+    assert table.loc[("MCL", ours), "k-NN Net1"] == "39.0 +- 1.4 (2)"
+    assert table.loc[("MCL", ours), "Linear Net1"] == "44.0 +- 1.4 (2)"
+    assert table.loc[("MCL", ours), "Linear Net2"] == "n/a"
+    assert table.loc[("MOKD", ours), "k-NN Net2"] == "36.0 +- 2.6 (3)"
+    paper = table.xs("paper: ImageNet, linear (MOKD Table 3)", level="Source")
+    assert list(paper.index) == ["Supervised", "SEED", "ReKD", "MCL", "DisCo", "MOKD"]
+    assert (paper.loc["MOKD", "Linear Net1"], paper.loc["MOKD", "Linear Net2"]) == ("72.0", "63.4")
+    assert (paper.loc["MCL", "Net1"], paper.loc["MCL", "Linear Net2"]) == ("R50", "51.4")
+    with pytest.raises(UserError, match="no mcl or mokd runs"):
+        mokd_table3(load_runs([sweep / "dino_cnn_s0"]))
 
 
 def test_runs_table_and_auto_choice(sweep):

@@ -7,6 +7,7 @@ from sslkd.report.tables import (
     compare,
     compare_table,
     mokd_table1,
+    mokd_table3,
     register_table,
     render,
     rich_table,
@@ -15,5 +16,5 @@ from sslkd.report.tables import (
 
 __all__ = [
     "FORMATS", "TABLES", "compare", "compare_table", "find_summaries", "load_paper_numbers", "load_runs",
-    "mokd_table1", "paper_tables", "register_table", "render", "rich_table", "runs_table",
+    "mokd_table1", "mokd_table3", "paper_tables", "register_table", "render", "rich_table", "runs_table",
 ]

@@ -231,6 +231,75 @@ def mokd_table1(runs: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+MOKD_TABLE3_PAPER_PAIR = "R50-R18"
+MOKD_TABLE3_METHODS = (("dino", "Independent (DINO alone)"), ("mcl", "MCL"), ("mokd", "MOKD"))
+
+
+def _table3_columns() -> list[str]:
+    return ["Method", "Net1", "Net2", "Source"] + [f"{label} {net}" for _, label, _ in PROTOCOLS
+                                                   for net in ("Net1", "Net2")]
+
+
+def _paper_table3_rows(notes: list[str]) -> list[dict[str, str]]:
+    """Every method of the paper's Table 3 at one pair (linear only: the paper reports no k-NN there)."""
+    if not (PAPER_NUMBERS_DIR / "mokd_table3.csv").is_file():
+        notes.append(f"paper numbers not shown: {PAPER_NUMBERS_DIR} is missing (run from a source checkout)")
+        return []
+    paper = load_paper_numbers("mokd_table3")
+    paper = paper[paper.pair == MOKD_TABLE3_PAPER_PAIR]
+    rows = []
+    for method, group in paper.groupby("method", sort=False):
+        big, small = group.iloc[0], group.iloc[1]
+        rows.append({"Method": method, "Net1": big.backbone, "Net2": small.backbone,
+                     "Source": "paper: ImageNet, linear (MOKD Table 3)",
+                     "k-NN Net1": NA, "k-NN Net2": NA,
+                     "Linear Net1": format_value(None if pd.isna(big.linear) else float(big.linear)),
+                     "Linear Net2": format_value(None if pd.isna(small.linear) else float(small.linear))})
+    notes.append(f"paper rows: the {MOKD_TABLE3_PAPER_PAIR} pair of MOKD Table 3 (teacher or larger net as Net1); "
+                 "the other pairs are in zoo_configs/paper_numbers/mokd_table3.csv")
+    return rows
+
+
+def mokd_table3(runs: pd.DataFrame) -> pd.DataFrame:
+    """MOKD Table 3 at one pair: MCL and MOKD pairs (Net1 = the run's first member) and each net trained alone with
+    DINO, k-NN and linear top-1; then the paper's rows for every method it compares (SEED, ReKD, DisCo and
+    Supervised have no sslkd strategy, so they appear as paper rows only)."""
+    pair_runs = runs[runs.method.isin(("mcl", "mokd"))]
+    if pair_runs.empty:
+        raise UserError("no mcl or mokd runs among the given run directories: pass them or use --table runs")
+    notes = ["cells: mean +- sample std (n seeds) of top-1 %; Net1 = the run's first member",
+             "Independent = dino runs of the same backbone, data set and epochs"]
+    rows = []
+    dino = runs[runs.method == "dino"]
+    keys = ["dataset", "epochs", "tag", "backbone1", "paper1", "backbone2", "paper2"]
+    settings: dict[tuple, dict[str, pd.DataFrame]] = {}
+    for method in ("mcl", "mokd"):
+        pairs = _mokd_pairs(pair_runs[pair_runs.method == method], notes)
+        for key, group in (pairs.groupby(keys, sort=False) if len(pairs) else []):
+            settings.setdefault(key, {})[method] = group
+    for (dataset, epochs, tag, backbone1, paper1, backbone2, paper2), methods in settings.items():
+        nets = {"Net1": backbone_label(backbone1, paper1), "Net2": backbone_label(backbone2, paper2),
+                "Source": _setting(dataset, epochs, tag)}
+        alone = [_independent(dino, b, dataset, epochs, notes) for b in (backbone1, backbone2)]
+        for method, label in MOKD_TABLE3_METHODS:
+            row = {"Method": label, **nets}
+            for protocol, name, column in PROTOCOLS:
+                for i, net in enumerate(("Net1", "Net2"), start=1):
+                    if method == "dino":
+                        found, suffix = alone[i - 1]
+                        stat = Stat.of(found[column])
+                        row[f"{name} {net}"] = format_stat(stat) + (suffix if stat else "")
+                    else:
+                        group = methods.get(method)
+                        row[f"{name} {net}"] = NA if group is None else format_stat(Stat.of(group[f"{protocol}{i}"]))
+            rows.append(row)
+    rows += _paper_table3_rows(notes)
+    table = pd.DataFrame(rows, columns=_table3_columns())
+    table.attrs = {"title": "MOKD Table 3: MOKD against MCL (and the paper's other SSL-KD methods) at one pair",
+                   "notes": list(dict.fromkeys(notes))}
+    return table
+
+
 DOGO_PROTOCOLS = (("k-NN", "knn_top1"), ("k-NN DoGo", "knn_dogo_mean"), ("Linear", "linear_top1"))
 DOGO_PAPER_SOURCE = "paper: Tiny-ImageNet, linear (DoGo Table 1)"
 PAIR = " \\"  # DoGo Table 1 writes a box as "row \ column"
@@ -396,6 +465,8 @@ def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 register_table("mokd_table1", mokd_table1, lambda runs: bool((runs.method == "mokd").any()),
                "MOKD Table 1: Independent (DINO) vs MOKD per backbone pair, k-NN and linear")
+register_table("mokd_table3", mokd_table3, lambda runs: False,
+               "MOKD Table 3: MCL and MOKD pairs and each net alone (DINO), with the paper's SSL-KD rows")
 register_table("dogo_table1", dogo_table1, lambda runs: bool((runs.method == "dogo").any()),
                "DoGo Table 1: row model x column model, each pair against its models trained alone")
 register_table("runs", runs_table, lambda runs: True, "every run: method x member, accuracies over seeds")
