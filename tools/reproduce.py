@@ -249,7 +249,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     Table("sdssl_table1", "SDSSL Table 1", "SSL methods with and without self-distillation of intermediate layers",
           SDSSL_PROXY, SDSSL_PROXY[:1], (SDSSL_PROBE,), compare="sdssl_table1", paper_configs=SDSSL_PAPER,
           paper_cost="ViT-S/16 runs x 300 ImageNet epochs per method (SimCLR, BYOL, MoCo v3 with and without SD)",
-          proxy_minutes=100, note="about 5 min per run on 2 free cores (14 min on a shared machine)"),
+          proxy_minutes=140, note="7-8 min per run on 2 free cores (the augmentation takes most of a core)"),
     Table("sdssl_fig3", "SDSSL Fig. 3", "linear probe and k-NN of every layer, with and without self-distillation",
           SDSSL_PROXY, SDSSL_PROXY[:1], (
               Evaluation("multiexit_knn", ("multiexit", "--protocol", "knn"), per_table=True),
