@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from conftest import tiny_overrides
@@ -58,6 +59,8 @@ def test_tiny_table_resumes_and_skips_what_finished(reproduce, tmp_path, monkeyp
             {"key": "linear_dogo", "args": ["linear", "--protocol", "dogo"], "proxy_args": ["--epochs", "1"]},
             {"key": "consistency", "args": ["consistency"], "configs": ["dino/tiny_dino"], "member": "cnn",
              "other": "dino/tiny_dino_b", "other_member": "cnn"},
+            {"key": "multiexit_knn", "args": ["multiexit", "--protocol", "knn", "--layers", "1,final"],
+             "per_table": True},
         ],
     }
     spec_file = tmp_path / "spec.yaml"
@@ -90,7 +93,7 @@ def test_tiny_table_resumes_and_skips_what_finished(reproduce, tmp_path, monkeyp
     assert reproduce.main(argv, log=first.append) == 0
     # trainings were done before; linear probe of a, b and the floor; consistency of a with b (the floor of a has
     # no partner floor in this table, so it is skipped with a note)
-    assert _actions(first) == ["skip"] * 3 + ["eval"] * 4 + ["skip"]
+    assert _actions(first) == ["skip"] * 3 + ["eval"] * 4 + ["skip"] + ["eval"]
     summaries = {p: p.read_text() for p in out.rglob("summary.json")}
     assert len(summaries) == 3
     assert json.loads((out / "dino" / "tiny_dino_b" / "seed0" / "summary.json").read_text())["epochs"] == 2
@@ -99,6 +102,10 @@ def test_tiny_table_resumes_and_skips_what_finished(reproduce, tmp_path, monkeyp
     assert recorded["members"]["cnn"]["linear_top1"] == recorded["evals"]["linear_dogo"]["cnn"]["linear_top1"]
     assert set(json.loads((out / "random_init" / "dino" / "tiny_dino" / "summary.json").read_text())["evals"]) == {
         "linear_dogo"}  # the floor has no partner of its own: no consistency
+
+    # one multi-exit command over both runs and the floor, which is labelled as such
+    rows = pd.read_csv(results / "tiny_table_proxy_multiexit_knn" / "multiexit_knn_rows.csv")
+    assert sorted(rows.framework.unique()) == ["dino", "random init"] and len(rows) == 3 * 2
 
     second = []
     assert reproduce.main(argv, log=second.append) == 0

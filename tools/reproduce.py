@@ -47,8 +47,8 @@ class Evaluation:
     limits it to these runs, named ``folder/stem`` after their configs (empty: every run, floors included unless
     ``floor=False``); ``member`` evaluates one member; ``other`` names a second run of the same seed whose
     ``other_member`` is the partner (prediction consistency between two runs). ``per_table``: one command over
-    every trained run of the table (``--checkpoints RUN...``), writing to ``--out results/<table>[_proxy]_<key>``;
-    done when that directory holds files."""
+    every run of the table, floors included unless ``floor=False`` (``--checkpoints RUN...``), writing to
+    ``--out results/<table>[_proxy]_<key>``; done when that directory holds files."""
 
     key: str
     args: tuple[str, ...]
@@ -317,6 +317,9 @@ def evaluate_table(evaluation: Evaluation, plan: Plan, log) -> str:
         return "skip"
     runs = [str(plan.out / _stem(c) / f"seed{seed}") for c in plan.configs() for seed in plan.seeds
             if not evaluation.configs or _stem(c) in evaluation.configs]
+    if evaluation.floor:
+        runs += [str(plan.out / "random_init" / _stem(c)) for c in plan.floors()
+                 if not evaluation.configs or _stem(c) in evaluation.configs]
     log(f"eval    {evaluation.key} of {len(runs)} runs -> {out}")
     sslkd(["eval", *evaluation.args, *(evaluation.proxy_args if plan.proxy else ()), "--checkpoints", *runs,
            "--out", str(out)])

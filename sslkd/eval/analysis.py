@@ -227,14 +227,14 @@ def analyze(checkpoints: list[str], out_dir: str | Path, member: str | None = No
     """Analyse every checkpoint; write analysis.json and analysis.csv (per run), analysis_summary.{csv,md} (mean
     +- std over seeds per framework), cka_<i>.csv (per run), metrics.png and cka.png (CKA averaged over seeds)."""
     from sslkd.eval.checkpoints import load_strategy
-    from sslkd.eval.layers import framework_label
+    from sslkd.eval.layers import run_label
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     frames, matrices, payload, frameworks = [], {}, {}, {}
     for path in checkpoints:
         _, cfg = load_strategy(path)
-        framework = framework_label(cfg.method, cfg.strategy)
+        framework = run_label(cfg)
         members = analyze_checkpoint(path, member, max_images, seed)
         for name, result in members.items():
             group = framework if len(members) == 1 else f"{framework} {name}"

@@ -168,6 +168,14 @@ def framework_label(method: str, options) -> str:
     return f"SD-{FRAMEWORKS[base]}"
 
 
+RANDOM_INIT = "random init"
+
+
+def run_label(cfg) -> str:
+    """A run's framework label; an untrained run (``train.epochs=0``, a proxy table's floor) is ``random init``."""
+    return RANDOM_INIT if cfg.train.epochs == 0 else framework_label(cfg.method, cfg.strategy)
+
+
 def multiexit_table(rows: pd.DataFrame) -> pd.DataFrame:
     """Layers as rows, frameworks as columns, ``mean +- std`` over runs (std only with two or more runs)."""
     def cell(values: pd.Series) -> str:
@@ -192,7 +200,8 @@ def plot_multiexit(rows: pd.DataFrame, out: Path, protocol: str, title: str = ""
     for framework, group in sorted(rows.groupby("framework"), key=lambda g: (g[0].removeprefix("SD-"), g[0])):
         stats = group.groupby("layer")["top1"].agg(["mean", "std"]).fillna(0.0)
         style = "-" if framework.startswith("SD-") else "--"
-        line, = ax.plot(stats.index, stats["mean"], style, marker="o", label=framework)
+        color = "gray" if framework == RANDOM_INIT else None
+        line, = ax.plot(stats.index, stats["mean"], style, marker="o", label=framework, color=color)
         ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], alpha=0.15,
                         color=line.get_color())
     ax.set_xlabel("layer")
@@ -225,7 +234,7 @@ def multiexit(checkpoints: list[str], protocol: str, out_dir: str | Path, layers
         else:
             results = linear_per_layer(path, layers, member, probe, epochs=epochs, augment=augment)
         frame = pd.DataFrame(layer_rows(results, protocol))
-        frames.append(frame.assign(framework=framework_label(cfg.method, cfg.strategy), seed=cfg.train.seed, checkpoint=str(path)))
+        frames.append(frame.assign(framework=run_label(cfg), seed=cfg.train.seed, checkpoint=str(path)))
     rows = pd.concat(frames, ignore_index=True)
     table = multiexit_table(rows)
     out_dir.mkdir(parents=True, exist_ok=True)
