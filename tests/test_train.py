@@ -104,3 +104,15 @@ def test_nonfinite_loss_can_skip_the_step(tmp_path, tiny_cfg):
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     skipped = [r for r in records if "skipped_steps" in r]
     assert skipped == [{"step": 2, "epoch": 0, "skipped_steps": 1, "nonfinite_terms": ["cnn/sm"]}]
+
+
+def test_finished_or_stopped_fit_leaves_no_loader_workers_behind(tmp_path, tiny_cfg):
+    """A trainer still referenced after fit (as reference cycles keep one alive in a long-lived process) holds no
+    worker processes: tools/reproduce.py runs many trainings in one process."""
+    import multiprocessing
+
+    trainer = Trainer(tiny_cfg("dino", ["data.num_workers=2"], epochs=2), tmp_path / "run")
+    assert trainer.fit(stop_at_epoch=1) is None
+    assert multiprocessing.active_children() == []
+    assert trainer.fit()["epochs"] == 2  # a stopped trainer can go on
+    assert multiprocessing.active_children() == []

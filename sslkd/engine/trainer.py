@@ -147,18 +147,8 @@ class Trainer:
                 f"train.batch_size={batch} is larger than the {len(train_set) // dist.world_size()} training images per "
                 "process; lower it"
             )
-        workers = cfg.data.num_workers
-        self.loader = DataLoader(
-            SeededViews(train_set, self.strategy.train_transform()),
-            batch_size=batch,
-            sampler=startable(self.sampler),
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=self.device.type == "cuda",
-            drop_last=True,
-            prefetch_factor=4 if workers > 0 else None,
-            generator=torch.Generator().manual_seed(cfg.train.seed),
-        )
+        self.train_set = train_set
+        self.loader = self._make_loader()
         self.steps_per_epoch = len(self.loader)
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
         self.epoch = 0
@@ -239,9 +229,38 @@ class Trainer:
         )
 
     # ----------------------------------------------------------------------------------------------- loop
+    def _make_loader(self) -> DataLoader:
+        """The training loader: workers persist across epochs (no start-up stall each epoch)."""
+        workers = self.cfg.data.num_workers
+        return DataLoader(
+            SeededViews(self.train_set, self.strategy.train_transform()),
+            batch_size=self.cfg.train.batch_size,
+            sampler=startable(self.sampler),
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=self.device.type == "cuda",
+            drop_last=True,
+            prefetch_factor=4 if workers > 0 else None,
+            generator=torch.Generator().manual_seed(self.cfg.train.seed),
+        )
+
+    def _release_workers(self) -> None:
+        """Stop the loader's persistent workers now, by replacing the loader with an unstarted one. Left to the
+        garbage collector they can outlive the run by many runs: matplotlib and importlib leave reference cycles
+        through the finished run's frames, so a long-lived process (tools/reproduce.py) piled up idle workers
+        holding gigabytes until a full collection happened to run."""
+        if self.cfg.data.num_workers > 0:
+            self.loader = self._make_loader()
+
     def fit(self, stop_at_epoch: int | None = None) -> dict | None:
         """Train to ``train.epochs`` (or stop after ``stop_at_epoch`` epochs, as an interrupted run would) and
         return the summary written to summary.json (None when stopped early)."""
+        try:
+            return self._fit(stop_at_epoch)
+        finally:
+            self._release_workers()
+
+    def _fit(self, stop_at_epoch: int | None) -> dict | None:
         cfg = self.cfg
         last_epoch = cfg.train.epochs if stop_at_epoch is None else min(stop_at_epoch, cfg.train.epochs)
         self.strategy.train()
