@@ -104,6 +104,7 @@ def test_tiny_table_resumes_and_skips_what_finished(reproduce, tmp_path, monkeyp
         "linear_dogo"}  # the floor has no partner of its own: no consistency
 
     # one multi-exit command over both runs and the floor, which is labelled as such
+    assert not list(results.glob("*.partial"))
     rows = pd.read_csv(results / "tiny_table_proxy_multiexit_knn" / "multiexit_knn_rows.csv")
     assert sorted(rows.framework.unique()) == ["dino", "random init"] and len(rows) == 3 * 2
 

@@ -321,8 +321,13 @@ def evaluate_table(evaluation: Evaluation, plan: Plan, log) -> str:
         runs += [str(plan.out / "random_init" / _stem(c)) for c in plan.floors()
                  if not evaluation.configs or _stem(c) in evaluation.configs]
     log(f"eval    {evaluation.key} of {len(runs)} runs -> {out}")
+    # written beside and renamed when complete: an interrupted command leaves no directory that looks done
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
     sslkd(["eval", *evaluation.args, *(evaluation.proxy_args if plan.proxy else ()), "--checkpoints", *runs,
-           "--out", str(out)])
+           "--out", str(partial)])
+    shutil.rmtree(out, ignore_errors=True)
+    partial.rename(out)
     return "eval"
 
 
