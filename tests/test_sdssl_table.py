@@ -14,12 +14,12 @@ PROXY_ARGS = {"img_size": 32, "patch_size": 4, "depth": 4}
 STANDIN = "vit_tiny_patch16_224[patch_size=4, depth=4]"
 
 
-def write_run(run_dir, method, seed, knn, linear=None, strategy=None, paper_name="ViT-S/16"):
+def write_run(run_dir, method, seed, knn, linear=None, strategy=None, paper_name="ViT-S/16", epochs=8):
     run_dir.mkdir(parents=True)
     member = {**PROXY, "paper_name": paper_name}
     config = {"method": method, "members": {"vit": {**member, "backbone_args": PROXY_ARGS}}, "strategy": strategy}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    summary = {"method": method, "dataset": "cifar10_subset", "seed": seed, "epochs": 8, "tag": None,
+    summary = {"method": method, "dataset": "cifar10_subset", "seed": seed, "epochs": epochs, "tag": None,
                "members": {"vit": {**member, "knn_top1": knn, "linear_top1": linear}}}
     (run_dir / "summary.json").write_text(json.dumps(summary))
 
@@ -74,3 +74,13 @@ def test_sdssl_table1_leaves_out_other_runs_and_columns_by_backbone(tmp_path):
     notes = " ".join(table.attrs["notes"])
     assert "dogo_simclr: simclr is no SDSSL Table 1 framework" in notes
     assert "byol_with_pred: an sdssl run with layers [] and beta != 0" in notes
+
+
+def test_sdssl_table1_untrained_runs_are_one_random_init_row_at_the_end(sweep):
+    write_run(sweep / "floor", "sdssl", 0, 26.0, 30.0, {"base": "simclr", "layers": []}, epochs=0)
+    write_run(sweep / "floor_sd", "sdssl", 1, 28.0, None, {"base": "simclr", "layers": "all"}, epochs=0)
+    table = compare_table([sweep], "sdssl_table1")
+    floor = table.iloc[-1]
+    assert (floor.Framework, floor.Source) == ("random init", "ours: cifar10_subset, 0 ep")
+    assert (floor["ViT-S/16 k-NN"], floor["ViT-S/16 Linear"]) == ("27.0 +- 1.4 (2)", "30.0 (1)")
+    assert list(table.Framework).count("random init") == 1 and len(table) == 13

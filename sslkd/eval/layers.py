@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from sslkd.errors import UserError
+from sslkd.report.tables import RANDOM_INIT
 
 
 def parse_layers(spec: str | None) -> list[str] | None:
@@ -166,9 +167,6 @@ def framework_label(method: str, options) -> str:
     if not layers and (base == "simclr" or beta == 0):
         return FRAMEWORKS[base]
     return f"SD-{FRAMEWORKS[base]}"
-
-
-RANDOM_INIT = "random init"
 
 
 def run_label(cfg) -> str:

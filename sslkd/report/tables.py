@@ -23,6 +23,7 @@ from sslkd.report.records import PAPER_NUMBERS_DIR, load_paper_numbers, load_run
 FORMATS = ("md", "csv", "latex")
 PROTOCOLS = (("knn", "k-NN", "knn_top1"), ("linear", "Linear", "linear_top1"))
 NA = "n/a"
+RANDOM_INIT = "random init"  # how tables and plots name untrained runs (train.epochs=0, a proxy table's floor)
 
 
 @dataclass(frozen=True)
@@ -826,18 +827,22 @@ def sdssl_table1(runs: pd.DataFrame) -> pd.DataFrame:
         value = float(hits.iloc[0]) if len(hits) else None
         return value, format_value(value)
 
-    rows = []
+    rows, floors = [], []
     for (dataset, epochs, tag), setting in runs.groupby(["dataset", "epochs", "tag"], sort=False):
         def ours(framework: str, column: str, protocol: str, runs: pd.DataFrame = setting) -> tuple[float | None, str]:
-            stat = Stat.of(runs[(runs.framework == framework) & (runs.column == column)][f"{protocol}_top1"])
+            found = runs if framework == RANDOM_INIT else runs[runs.framework == framework]
+            stat = Stat.of(found[found.column == column][f"{protocol}_top1"])
             return _mean(stat), format_stat(stat)
 
+        if epochs == 0:  # untrained runs (a proxy table's floor) are one row, whatever framework they were built as
+            floors.append(row(RANDOM_INIT, _setting(dataset, 0, tag), ours))
+            continue
         for framework in SDSSL_FRAMEWORKS:
             rows.append(row(framework, _setting(dataset, int(epochs), tag), ours))
             if paper is not None:
                 rows.append(row(framework, SDSSL_PAPER_SOURCE, printed))
-    table = pd.DataFrame(rows, columns=["Framework", "Source", *(f"{c} {label}" for c in columns
-                                                                 for _, label, _ in PROTOCOLS)])
+    table = pd.DataFrame(rows + floors, columns=["Framework", "Source", *(f"{c} {label}" for c in columns
+                                                                          for _, label, _ in PROTOCOLS)])
     table.attrs = {"title": "SDSSL Table 1: final-layer k-NN and linear top-1 (%), with and without self-distillation",
                    "notes": list(dict.fromkeys(notes))}
     return table
