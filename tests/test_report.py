@@ -31,11 +31,12 @@ MOKD_CNN_KNN, MOKD_CNN_LINEAR = [42.5, 43.5, 44.5], [51.0, 51.0, 51.0]
 MOKD_VIT_KNN = [34.0, 35.0, 39.0]
 
 
-def write_run(run_dir, method, seed, members, epochs=30, dataset="cifar10_subset", tag=None, wall=600.0):
+def write_run(run_dir, method, seed, members, epochs=30, dataset="cifar10_subset", tag=None, wall=600.0,
+              config_file=None):
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text("method: x\n")
     summary = {"method": method, "dataset": dataset, "seed": seed, "epochs": epochs, "wall_time_s": wall,
-               "config_file": None, "tag": tag, "members": members,
+               "config_file": config_file, "tag": tag, "members": members,
                "protocol": {"knn_k": 20, "knn_temperature": 0.07}}
     (run_dir / "summary.json").write_text(json.dumps(summary))
     return run_dir
@@ -156,6 +157,17 @@ def test_runs_table_and_auto_choice(sweep):
     assert list(compare_table(only_dino).columns) == list(table.columns)
     with pytest.raises(UserError, match="no mokd runs"):
         compare(only_dino, table="mokd_table1")
+
+
+def test_runs_table_keeps_config_files_of_one_method_apart(tmp_path):
+    for seed in range(2):
+        for name, knn in (("sd_byol", 30.0 + seed), ("sd_simclr", 40.0 + seed)):
+            write_run(tmp_path / name / f"seed{seed}", "sdssl", seed, {"vit": member(VIT, knn)},
+                      config_file=f"zoo_configs/sdssl/{name}.yaml")
+    table = runs_table(load_runs([tmp_path])).set_index("Config")
+    assert table.loc["sd_byol", "k-NN top-1"] == "30.5 +- 0.7 (2)"
+    assert table.loc["sd_simclr", "k-NN top-1"] == "40.5 +- 0.7 (2)"
+    assert set(table.Seeds) == {"2"}
 
 
 def test_unknown_table_or_format_is_a_user_error(sweep):

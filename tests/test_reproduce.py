@@ -3,6 +3,7 @@ without redoing what finished (an interrupted training is resumed, recorded eval
 
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -121,3 +122,15 @@ def test_tiny_table_resumes_and_skips_what_finished(reproduce, tmp_path, monkeyp
             assert (results / "proxy_tiny_table" / run / name).is_file()
     wall = (results / "tiny_table_proxy_wall.md").read_text()
     assert "| dino/tiny_dino/seed0 |" in wall and "**total**" in wall
+    seconds = json.loads((results / "tiny_table_proxy_multiexit_knn" / "wall_time.json").read_text())["wall_time_s"]
+    assert f"| multiexit_knn over all runs | | {seconds / 60:.1f} |" in wall
+
+    # a fresh clone has the records in results/ but no runs/: the tables are rebuilt from the records alone
+    tables = {p.name: p.read_text() for p in results.glob("tiny_table_proxy*.*")}
+    for path in results.glob("tiny_table_proxy*.*"):
+        path.unlink()
+    shutil.rmtree(out)
+    records_only = ["--spec", str(spec_file), "--proxy", "--seeds", "1", "--results", str(results), "--tables-only"]
+    assert reproduce.main(records_only, log=lambda _: None) == 0
+    assert {p.name: p.read_text() for p in results.glob("tiny_table_proxy*.*")} == tables
+    assert reproduce.main([*records_only[:4], "2", *records_only[5:]], log=lambda _: None) == 2  # no seed 1 records

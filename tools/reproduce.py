@@ -15,7 +15,8 @@ runs (MOKD Tables 4, 5, 9 and Fig. 5 reuse MOKD Table 1's). Layout (the same as 
     results/proxy_<runs>/...                         summary.json, config.yaml, metrics.jsonl of every run
     results/<table>_proxy{.md,.csv,_runs.md,_random_init.md,_wall.md}
 
-At paper scale the runs go to runs/<runs>/ and the tables to results/<table>{...}. ``--spec FILE.yaml`` reads a
+At paper scale the runs go to runs/<runs>/ and the tables to results/<table>{...}. ``--tables-only`` rebuilds the
+table files from the records in results/ alone (a fresh clone has no runs/). ``--spec FILE.yaml`` reads a
 table of the same fields from a file (tests use it for a tiny table on digits).
 """
 
@@ -310,6 +311,9 @@ def evaluate(evaluation: Evaluation, run_dir: Path, partner: Path | None, proxy:
     return "eval"
 
 
+TABLE_EVAL_WALL = "wall_time.json"
+
+
 def evaluate_table(evaluation: Evaluation, plan: Plan, log) -> str:
     out = plan.results / f"{plan.table.name}{plan.suffix}_{evaluation.key}"
     if out.is_dir() and any(out.iterdir()):
@@ -324,8 +328,11 @@ def evaluate_table(evaluation: Evaluation, plan: Plan, log) -> str:
     # written beside and renamed when complete: an interrupted command leaves no directory that looks done
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
+    start = time.perf_counter()
     sslkd(["eval", *evaluation.args, *(evaluation.proxy_args if plan.proxy else ()), "--checkpoints", *runs,
            "--out", str(partial)])
+    (partial / TABLE_EVAL_WALL).write_text(json.dumps({"wall_time_s": round(time.perf_counter() - start, 1),
+                                                       "runs": len(runs)}))
     shutil.rmtree(out, ignore_errors=True)
     partial.rename(out)
     return "eval"
@@ -414,17 +421,34 @@ def _eval_targets(plan: Plan, evaluation: Evaluation) -> list[tuple[Path, int | 
 
 def write_results(plan: Plan, log) -> None:
     """Copy every run's records to results/, write the tables and the wall-time account; print the table."""
-    from sslkd.report import compare
-
-    table = plan.table
-    records = plan.results / f"{'proxy_' if plan.proxy else ''}{table.run_group}"
-    run_dirs = sorted(p.parent for p in plan.out.rglob("summary.json"))
-    for run_dir in run_dirs:
+    records = plan.results / f"{'proxy_' if plan.proxy else ''}{plan.table.run_group}"
+    for run_dir in sorted(p.parent for p in plan.out.rglob("summary.json")):
         target = records / run_dir.relative_to(plan.out)
         target.mkdir(parents=True, exist_ok=True)
         for name in ("summary.json", "config.yaml", "metrics.jsonl"):
             if (run_dir / name).is_file():
                 shutil.copy2(run_dir / name, target / name)
+    write_tables(plan, log)
+
+
+def check_records(plan: Plan) -> None:
+    """Every run and per-table evaluation of the plan is in plan.out (the records in results/) before tabling."""
+    expected = [plan.out / _stem(c) / f"seed{seed}" for seed in plan.seeds for c in plan.configs()]
+    expected += [plan.out / "random_init" / _stem(c) for c in plan.floors()]
+    missing = [str(run) for run in expected if not (run / "summary.json").is_file()]
+    missing += [f"{plan.table.name}{plan.suffix}_{e.key}" for e in plan.evaluations()
+                if e.per_table and not (plan.results / f"{plan.table.name}{plan.suffix}_{e.key}").is_dir()]
+    if missing:
+        raise UserError(f"--tables-only: {', '.join(missing)} not in {plan.results}; run the table without "
+                        "--tables-only to make them")
+
+
+def write_tables(plan: Plan, log) -> None:
+    """The table, its runs, its random-init floors and its wall-time account from the run records in plan.out."""
+    from sslkd.report import compare
+
+    table = plan.table
+    run_dirs = sorted(p.parent for p in plan.out.rglob("summary.json"))
     ours = [plan.out / _stem(c) for c in plan.configs() if (plan.out / _stem(c)).is_dir()]
     floors = plan.out / "random_init"
     stem = plan.results / f"{table.name}{plan.suffix}"
@@ -456,6 +480,16 @@ def wall_times(plan: Plan, run_dirs: list[Path]) -> str:
         evals = sum(float(v.get("wall_time_s", 0.0)) for k, v in summary.get("evals", {}).items() if k in keys)
         total += training + evals
         lines.append(f"| {relative} | {training / 60:.1f} | {evals / 60:.1f} |")
+    for evaluation in plan.evaluations():
+        if not evaluation.per_table:
+            continue
+        record = plan.results / f"{plan.table.name}{plan.suffix}_{evaluation.key}" / TABLE_EVAL_WALL
+        if not record.is_file():
+            lines.append(f"| {evaluation.key} over all runs | | not recorded |")
+            continue
+        seconds = float(json.loads(record.read_text())["wall_time_s"])
+        total += seconds
+        lines.append(f"| {evaluation.key} over all runs | | {seconds / 60:.1f} |")
     lines.append(f"| **total** | | **{total / 60:.1f} min** |")
     return (f"**{plan.table.paper}{' (CPU proxy)' if plan.proxy else ''}: wall time per run**\n\n"
             + "\n".join(lines) + "\n\n- training: summary.json wall_time_s (the loop only, without the run-end "
@@ -508,6 +542,9 @@ def main(argv: list[str] | None = None, log=print) -> int:
     parser.add_argument("--spec", help="read the table from this YAML/JSON file instead of the built-in list")
     parser.add_argument("--out", help="run directory root (default runs/proxy_<runs> or runs/<runs>)")
     parser.add_argument("--results", default=str(ROOT / "results"), help="results directory (default results/)")
+    parser.add_argument("--tables-only", action="store_true",
+                        help="rebuild the table files from the run records in results/ (no training, no evaluation;"
+                             " works on a fresh clone)")
     args = parser.parse_args(argv)
     if args.list:
         log(listing())
@@ -522,13 +559,19 @@ def main(argv: list[str] | None = None, log=print) -> int:
         if args.seeds < 1:
             raise UserError(f"--seeds {args.seeds}: need at least one seed")
         group = f"proxy_{table.run_group}" if args.proxy else table.run_group
-        out = Path(args.out).resolve() if args.out else ROOT / "runs" / group
-        plan = Plan(table, args.proxy, list(range(args.seeds)), out, Path(args.results).resolve())
+        results = Path(args.results).resolve()
+        out = results / group if args.tables_only else Path(args.out).resolve() if args.out else ROOT / "runs" / group
+        plan = Plan(table, args.proxy, list(range(args.seeds)), out, results)
         plan.results.mkdir(parents=True, exist_ok=True)
         start, cwd = time.perf_counter(), os.getcwd()
         os.chdir(ROOT)  # the configs' data roots (../shared/data/...) are relative to the repository root
         try:
-            run_plan(plan, log)
+            if args.tables_only:
+                check(plan)
+                check_records(plan)
+                write_tables(plan, log)
+            else:
+                run_plan(plan, log)
         finally:
             os.chdir(cwd)
         log(f"done in {(time.perf_counter() - start) / 60:.1f} min this session")

@@ -17,7 +17,7 @@ from sslkd.errors import UserError
 
 RUN_COLUMNS = [
     "method", "dataset", "seed", "epochs", "member", "member_index", "backbone", "paper_name",
-    "knn_top1", "linear_top1", "wall_time_s", "tag", "run_dir", "params_m", "knn_dogo_mean",
+    "knn_top1", "linear_top1", "wall_time_s", "tag", "run_dir", "params_m", "knn_dogo_mean", "config",
 ]
 REQUIRED_KEYS = ("method", "dataset", "seed", "epochs", "members")
 PAPER_NUMBERS_DIR = Path(__file__).resolve().parents[2] / "zoo_configs" / "paper_numbers"
@@ -139,6 +139,7 @@ def _member_rows(summary: dict, path: Path) -> list[dict]:
             "run_dir": str(path.parent),
             "params_m": _accuracy(member.get("params_m")),
             "knn_dogo_mean": _accuracy(member.get("knn_dogo_mean")),
+            "config": Path(summary["config_file"]).stem if summary.get("config_file") else "",
         }
         for index, (name, member) in enumerate(summary["members"].items())
     ]

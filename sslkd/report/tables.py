@@ -436,18 +436,21 @@ def dogo_table1(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Any runs: one row per (method, setting, member, backbone) with accuracies and wall time over seeds."""
+    """Any runs: one row per (method, config file, setting, member, backbone) with accuracies and wall time over
+    seeds; the config file keeps apart runs of one method with different options (SD-BYOL and SD-SimCLR)."""
     keyed = runs.assign(
         tag=runs.tag.astype(object).where(runs.tag.notna(), ""),
         paper_name=runs.paper_name.astype(object).where(runs.paper_name.notna(), ""),
     )
-    keys = ["method", "tag", "dataset", "epochs", "member", "backbone", "paper_name"]
-    keyed = keyed.sort_values(["method", "tag", "dataset", "epochs", "member_index"], kind="stable")
+    keys = ["method", "config", "tag", "dataset", "epochs", "member", "backbone", "paper_name"]
+    keyed = keyed.sort_values(["method", "config", "tag", "dataset", "epochs", "member_index"], kind="stable")
     rows = []
-    for (method, tag, dataset, epochs, member, backbone, paper_name), group in keyed.groupby(keys, sort=False):
+    for (method, config, tag, dataset, epochs, member, backbone, paper_name), group in keyed.groupby(
+            keys, sort=False):
         wall = Stat.of(group.wall_time_s)
         rows.append({
             "Method": f"{method} [{tag}]" if tag else method,
+            "Config": config or NA,
             "Member": member,
             "Backbone": backbone_label(backbone, paper_name),
             "Data set": dataset,
@@ -457,9 +460,9 @@ def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
             "Wall time (min)": NA if wall is None else f"{wall.mean / 60:.1f}",
             "Seeds": str(group.run_dir.nunique()),
         })
-    table = pd.DataFrame(rows, columns=["Method", "Member", "Backbone", "Data set", "Epochs", "k-NN top-1",
+    table = pd.DataFrame(rows, columns=["Method", "Config", "Member", "Backbone", "Data set", "Epochs", "k-NN top-1",
                                         "Linear top-1", "Wall time (min)", "Seeds"])
-    table.attrs = {"title": "Runs: top-1 (%) per method and member",
+    table.attrs = {"title": "Runs: top-1 (%) per method, config file and member",
                    "notes": ["cells: mean +- sample std (n seeds) of top-1 %; wall time: mean per run"]}
     return table
 
