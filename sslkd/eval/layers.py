@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from sslkd.errors import UserError
-from sslkd.report.tables import RANDOM_INIT
+from sslkd.report.tables import RANDOM_INIT, framework_label
 
 
 def parse_layers(spec: str | None) -> list[str] | None:
@@ -150,25 +150,6 @@ def print_layers(results: dict, protocol: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- several runs
-FRAMEWORKS = {"simclr": "SimCLR", "byol": "BYOL", "mocov3": "MoCo v3"}
-
-
-def framework_label(method: str, options) -> str:
-    """How SDSSL's figures and Table 1 name a run: ``MoCo v3``, ``SD-MoCo v3``, ``BYOL``, ``SD-SimCLR``, ... An
-    sdssl run that distils no layer and has no predictor loss is its base. ``options``: the run's strategy options
-    (a mapping as saved in config.yaml, or the options dataclass)."""
-    if method != "sdssl":
-        return FRAMEWORKS.get(method, method)
-    from sslkd.strategies.sdssl import SDSSLOptions
-
-    get = (options.get if isinstance(options, dict) else lambda key, default: getattr(options, key, default))
-    base = get("base", SDSSLOptions.base)
-    layers, beta = get("layers", SDSSLOptions.layers), get("beta", SDSSLOptions.beta)
-    if not layers and (base == "simclr" or beta == 0):
-        return FRAMEWORKS[base]
-    return f"SD-{FRAMEWORKS[base]}"
-
-
 def run_label(cfg) -> str:
     """A run's framework label; an untrained run (``train.epochs=0``, a proxy table's floor) is ``random init``."""
     return RANDOM_INIT if cfg.train.epochs == 0 else framework_label(cfg.method, cfg.strategy)

@@ -757,30 +757,41 @@ SDSSL_BACKBONES = ("ViT-S/32", "ViT-S/16", "ViT-B/16")
 SDSSL_PAPER_SOURCE = "paper: ImageNet, 300 ep (SDSSL Table 1)"
 
 
+def framework_label(method: str, options) -> str:
+    """How SDSSL's figures and Table 1 name a run: ``MoCo v3``, ``SD-MoCo v3``, ``BYOL``, ``SD-SimCLR``, ... An
+    sdssl run that distils no layer and has no predictor loss is its base. ``options``: the run's strategy options
+    (a mapping as saved in config.yaml, or the options dataclass)."""
+    if method != "sdssl":
+        return SDSSL_BASES.get(method, method)
+    from sslkd.strategies.sdssl import SDSSLOptions
+
+    get = (options.get if isinstance(options, dict) else lambda key, default: getattr(options, key, default))
+    base = get("base", SDSSLOptions.base)
+    layers, beta = get("layers", SDSSLOptions.layers), get("beta", SDSSLOptions.beta)
+    if not layers and (base == "simclr" or beta == 0):
+        return SDSSL_BASES[base]
+    return f"SD-{SDSSL_BASES[base]}"
+
+
 def sdssl_framework(method: str, run_dir: str) -> str | None:
-    """The SDSSL Table 1 row of a run, from its config.yaml: ``byol``/``mocov3`` runs are baselines; an ``sdssl`` run
-    is SD-<base>, or the plain base when it distils no layer (with predictors also without L_pred, beta 0, else it
-    is neither); None for other methods (the ``simclr`` strategy is DoGo's SimCLR, not SDSSL's)."""
+    """The SDSSL Table 1 row of a run (``framework_label`` of its config.yaml); None for other methods (the
+    ``simclr`` strategy is DoGo's SimCLR, not SDSSL's) and for an sdssl run that distils no layer but keeps BYOL's or
+    MoCo v3's predictor loss, which is neither the base nor SD."""
     if method in ("byol", "mocov3"):
         return SDSSL_BASES[method]
     if method != "sdssl":
         return None
-    import dataclasses
-
     import yaml
-
-    from sslkd.strategies.sdssl import SDSSLOptions
 
     try:
         config = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise UserError(f"{run_dir} has no readable config.yaml ({exc}): pass run directories written by sslkd "
                         "train") from exc
-    options = {**dataclasses.asdict(SDSSLOptions()), **(config.get("strategy") or {})}
-    base = SDSSL_BASES[options["base"]]
-    if options["layers"] != []:
-        return f"SD-{base}"
-    return base if options["base"] == "simclr" or options["beta"] == 0 else None
+    options = config.get("strategy") or {}
+    if options.get("layers") == [] and options.get("base") != "simclr" and options.get("beta") != 0:
+        return None
+    return framework_label(method, options)
 
 
 def sdssl_table1(runs: pd.DataFrame) -> pd.DataFrame:
