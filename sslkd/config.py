@@ -127,6 +127,7 @@ class Config:
     members: dict[str, MemberConfig] = field(default_factory=dict)
     strategy: Any = None
     config_file: str | None = None
+    tag: str | None = None  # a label that keeps runs of one config apart in tables (e.g. an ablation's overrides)
 
 
 def _type_name(tp: Any) -> str:

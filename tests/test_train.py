@@ -16,12 +16,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_mokd_run_leaves_config_metrics_checkpoint_summary(tmp_path):
     run = tmp_path / "run"
-    assert main(["train", "--method", "mokd", "--output-dir", str(run), *tiny_overrides("mokd")]) == 0
+    assert main(["train", "--method", "mokd", "--output-dir", str(run), *tiny_overrides("mokd"), "tag=lambda 1"]) == 0
     assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.pt").is_file()
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {"loss", "cnn/sm", "cnn/st", "cnn/cm", "cnn/ct", "lr/cnn", "lr/vit", "images_per_s"} <= set(records[0])
     summary = json.loads((run / "summary.json").read_text())
     assert summary["method"] == "mokd" and summary["dataset"] == "digits" and summary["epochs"] == 1
+    assert summary["tag"] == "lambda 1"  # tables keep tagged runs apart (report.tables._setting)
     for name in ("cnn", "vit"):
         assert 0 <= summary["members"][name]["knn_top1"] <= 100
     assert summary["protocol"]["knn_k"] == 20 and summary["protocol"]["n_test"] == 360

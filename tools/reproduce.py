@@ -264,7 +264,8 @@ TABLES: dict[str, Table] = {t.name: t for t in (
           "BYOL and MoCo v3 with and without SD, EMA teacher momentum 0.99 -> 1 instead of 0.996 -> 1",
           SDSSL_PROXY[2:], (),
           (SDSSL_PROBE, Evaluation("multiexit_knn", ("multiexit", "--protocol", "knn"), per_table=True)),
-          compare="sdssl_table1", overrides=("strategy.momentum_teacher=0.99",), proxy_minutes=95,
+          compare="sdssl_table1", overrides=("strategy.momentum_teacher=0.99", "tag=teacher momentum 0.99"),
+          proxy_minutes=95,
           note="sslkd's proxy check: over 312 steps a 0.996 teacher keeps about half its initial weights (MOKD's "
                "proxy uses 0.99 for that reason); proxy only"),
     Table("sdssl_fig3", "SDSSL Fig. 3", "linear probe and k-NN of every layer, with and without self-distillation",

@@ -446,7 +446,7 @@ def build_summary(cfg: Config, strategy: Strategy, results: dict, wall_time: flo
         "epochs": cfg.train.epochs,
         "wall_time_s": round(wall_time, 1),
         "config_file": cfg.config_file,
-        "tag": None,
+        "tag": cfg.tag,
         "members": members,
         "protocol": protocol,
     }
