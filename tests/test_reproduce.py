@@ -114,6 +114,13 @@ def test_tiny_table_resumes_and_skips_what_finished(reproduce, tmp_path, monkeyp
     assert not [line for line in second if line.startswith(("train", "resume", "eval"))]
     assert {p: p.read_text() for p in out.rglob("summary.json")} == summaries
 
+    # a per-table evaluation made over other runs (e.g. fewer seeds) is redone, and only it
+    record = results / "tiny_table_proxy_multiexit_knn" / "reproduce.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "runs": ["dino/tiny_dino/seed0"]}))
+    third = []
+    assert reproduce.main(argv, log=third.append) == 0
+    assert [line.split()[1] for line in third if line.startswith(("train", "resume", "eval"))] == ["multiexit_knn"]
+
     for name in ("tiny_table_proxy.md", "tiny_table_proxy.csv", "tiny_table_proxy_runs.md",
                  "tiny_table_proxy_random_init.md", "tiny_table_proxy_wall.md"):
         assert (results / name).is_file(), name
@@ -122,7 +129,9 @@ def test_tiny_table_resumes_and_skips_what_finished(reproduce, tmp_path, monkeyp
             assert (results / "proxy_tiny_table" / run / name).is_file()
     wall = (results / "tiny_table_proxy_wall.md").read_text()
     assert "| dino/tiny_dino/seed0 |" in wall and "**total**" in wall
-    seconds = json.loads((results / "tiny_table_proxy_multiexit_knn" / "wall_time.json").read_text())["wall_time_s"]
+    record = json.loads((results / "tiny_table_proxy_multiexit_knn" / "reproduce.json").read_text())
+    assert record["runs"] == ["dino/tiny_dino/seed0", "dino/tiny_dino_b/seed0", "random_init/dino/tiny_dino"]
+    seconds = record["wall_time_s"]
     assert f"| multiexit_knn over all runs | | {seconds / 60:.1f} |" in wall
 
     # a fresh clone has the records in results/ but no runs/: the tables are rebuilt from the records alone

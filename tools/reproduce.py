@@ -328,28 +328,32 @@ def evaluate(evaluation: Evaluation, run_dir: Path, partner: Path | None, proxy:
     return "eval"
 
 
-TABLE_EVAL_WALL = "wall_time.json"
+TABLE_EVAL_RECORD = "reproduce.json"  # the runs a per-table evaluation covered and its wall time
 
 
 def evaluate_table(evaluation: Evaluation, plan: Plan, log) -> str:
+    """One command over every run of the table; redone when the table has gained runs (e.g. more seeds)."""
     out = plan.results / f"{plan.table.name}{plan.suffix}_{evaluation.key}"
-    if out.is_dir() and any(out.iterdir()):
-        log(f"skip    {evaluation.key} of {plan.table.name} ({out} exists)")
-        return "skip"
-    runs = [str(plan.out / _stem(c) / f"seed{seed}") for c in plan.configs() for seed in plan.seeds
+    runs = [plan.out / _stem(c) / f"seed{seed}" for c in plan.configs() for seed in plan.seeds
             if not evaluation.configs or _stem(c) in evaluation.configs]
     if evaluation.floor:
-        runs += [str(plan.out / "random_init" / _stem(c)) for c in plan.floors()
+        runs += [plan.out / "random_init" / _stem(c) for c in plan.floors()
                  if not evaluation.configs or _stem(c) in evaluation.configs]
+    names = [run.relative_to(plan.out).as_posix() for run in runs]
+    record = out / TABLE_EVAL_RECORD
+    if out.is_dir() and any(out.iterdir()) and (not record.is_file()
+                                                or json.loads(record.read_text()).get("runs") == names):
+        log(f"skip    {evaluation.key} of {plan.table.name} ({out} exists)")
+        return "skip"
     log(f"eval    {evaluation.key} of {len(runs)} runs -> {out}")
     # written beside and renamed when complete: an interrupted command leaves no directory that looks done
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     start = time.perf_counter()
-    sslkd(["eval", *evaluation.args, *(evaluation.proxy_args if plan.proxy else ()), "--checkpoints", *runs,
-           "--out", str(partial)])
-    (partial / TABLE_EVAL_WALL).write_text(json.dumps({"wall_time_s": round(time.perf_counter() - start, 1),
-                                                       "runs": len(runs)}))
+    sslkd(["eval", *evaluation.args, *(evaluation.proxy_args if plan.proxy else ()),
+           "--checkpoints", *map(str, runs), "--out", str(partial)])
+    (partial / TABLE_EVAL_RECORD).write_text(json.dumps({"runs": names,
+                                                         "wall_time_s": round(time.perf_counter() - start, 1)}))
     shutil.rmtree(out, ignore_errors=True)
     partial.rename(out)
     return "eval"
@@ -500,7 +504,7 @@ def wall_times(plan: Plan, run_dirs: list[Path]) -> str:
     for evaluation in plan.evaluations():
         if not evaluation.per_table:
             continue
-        record = plan.results / f"{plan.table.name}{plan.suffix}_{evaluation.key}" / TABLE_EVAL_WALL
+        record = plan.results / f"{plan.table.name}{plan.suffix}_{evaluation.key}" / TABLE_EVAL_RECORD
         if not record.is_file():
             lines.append(f"| {evaluation.key} over all runs | | not recorded |")
             continue
