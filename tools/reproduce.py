@@ -137,6 +137,15 @@ def sdssl_paper(backbone: str) -> tuple[str, ...]:
 SDSSL_PAPER = sdssl_paper("vit_s16")
 PROXY_TRANSFER = ("--data", "digits")  # the one other data set on these machines (scikit-learn's, embedded)
 
+def sdssl_ablation(name: str, change: str, overrides: tuple[str, ...], why: str) -> Table:
+    """BYOL and MoCo v3, with and without SD, at the proxy scale with one setting changed (tagged in the tables)."""
+    return Table(name, "SDSSL Table 1 (ablation)", f"BYOL and MoCo v3 with and without SD, {change}",
+                 SDSSL_PROXY[2:], (),
+                 (SDSSL_PROBE, Evaluation("multiexit_knn", ("multiexit", "--protocol", "knn"), per_table=True)),
+                 compare="sdssl_table1", overrides=overrides, proxy_minutes=95,
+                 note=f"sslkd's proxy check: {why}; proxy only")
+
+
 TABLES: dict[str, Table] = {t.name: t for t in (
     Table("mokd_table1", "MOKD Table 1", "k-NN and linear probe of both nets, each alone (DINO) vs with MOKD",
           MOKD_PROXY, MOKD_FLOORS, (DINO_PROBE,), compare="mokd_table1", paper_configs=MOKD_PAPER,
@@ -260,14 +269,12 @@ TABLES: dict[str, Table] = {t.name: t for t in (
           paper_cost="ViT-S/32, ViT-S/16 and ViT-B/16 x 300 ImageNet epochs x 6 frameworks (SimCLR, BYOL, MoCo v3 "
                      "with and without SD)",
           proxy_minutes=140, note="7-8 min per run on 2 free cores (the augmentation takes most of a core)"),
-    Table("sdssl_ema_ablation", "SDSSL Table 1 (ablation)",
-          "BYOL and MoCo v3 with and without SD, EMA teacher momentum 0.99 -> 1 instead of 0.996 -> 1",
-          SDSSL_PROXY[2:], (),
-          (SDSSL_PROBE, Evaluation("multiexit_knn", ("multiexit", "--protocol", "knn"), per_table=True)),
-          compare="sdssl_table1", overrides=("strategy.momentum_teacher=0.99", "tag=teacher momentum 0.99"),
-          proxy_minutes=95,
-          note="sslkd's proxy check: over 312 steps a 0.996 teacher keeps about half its initial weights (MOKD's "
-               "proxy uses 0.99 for that reason); proxy only"),
+    sdssl_ablation("sdssl_ema_ablation", "EMA teacher momentum 0.99 -> 1 instead of 0.996 -> 1",
+                   ("strategy.momentum_teacher=0.99", "tag=teacher momentum 0.99"),
+                   "over 312 steps a 0.996 teacher keeps about half its initial weights (MOKD's proxy uses 0.99)"),
+    sdssl_ablation("sdssl_lr_ablation", "the paper's learning rate (1.5e-4 at batch 256) instead of 1.5e-3",
+                   ("members.vit.optimizer.lr=1.5e-4", "tag=lr 1.5e-4"),
+                   "the proxy configs use 10x the paper's AdamW learning rate"),
     Table("sdssl_fig3", "SDSSL Fig. 3", "linear probe and k-NN of every layer, with and without self-distillation",
           SDSSL_PROXY, SDSSL_PROXY[:1], (
               Evaluation("multiexit_knn", ("multiexit", "--protocol", "knn"), per_table=True),
@@ -528,7 +535,7 @@ def measured_minutes(table: Table) -> float | None:
 
 
 def listing() -> str:
-    lines = []
+    lines, width = [], max(map(len, TABLES))
     for table in TABLES.values():
         proxy_state = "no proxy configs"
         if table.configs:
@@ -539,12 +546,12 @@ def listing() -> str:
                            f"~{table.proxy_minutes:g} min on 2 CPU cores (3 seeds, estimate)" if table.proxy_minutes else
                            "cost not measured") + (f"; MISSING configs: {', '.join(missing)}" if missing else "")
         shared = f" [runs shared with {table.runs}]" if table.runs else ""
-        lines.append(f"{table.name:14s} {table.paper}: {table.about}{shared}")
-        lines.append(f"{'':14s}   paper scale: {table.paper_cost or 'n/a'} "
+        lines.append(f"{table.name:{width}s} {table.paper}: {table.about}{shared}")
+        lines.append(f"{'':{width}s}   paper scale: {table.paper_cost or 'n/a'} "
                      f"({len(table.paper_configs)} paper configs)")
-        lines.append(f"{'':14s}   proxy scale: {proxy_state}")
+        lines.append(f"{'':{width}s}   proxy scale: {proxy_state}")
         if table.note:
-            lines.append(f"{'':14s}   note: {table.note}")
+            lines.append(f"{'':{width}s}   note: {table.note}")
     return "\n".join(lines)
 
 
