@@ -340,12 +340,8 @@ TABLE_EVAL_RECORD = "reproduce.json"  # the runs a per-table evaluation covered 
 
 def evaluate_table(evaluation: Evaluation, plan: Plan, log) -> str:
     """One command over every run of the table; redone when the table has gained runs (e.g. more seeds)."""
-    out = plan.results / f"{plan.table.name}{plan.suffix}_{evaluation.key}"
-    runs = [plan.out / _stem(c) / f"seed{seed}" for c in plan.configs() for seed in plan.seeds
-            if not evaluation.configs or _stem(c) in evaluation.configs]
-    if evaluation.floor:
-        runs += [plan.out / "random_init" / _stem(c) for c in plan.floors()
-                 if not evaluation.configs or _stem(c) in evaluation.configs]
+    out = plan.table_eval_dir(evaluation.key)
+    runs = [run for run, _ in _eval_targets(plan, evaluation)]
     names = [run.relative_to(plan.out).as_posix() for run in runs]
     record = out / TABLE_EVAL_RECORD
     if out.is_dir() and any(out.iterdir()) and (not record.is_file()
@@ -389,6 +385,10 @@ class Plan:
 
     def floors(self) -> tuple[str, ...]:
         return self.table.random_init if self.proxy else ()
+
+    def table_eval_dir(self, key: str) -> Path:
+        """Where a per-table evaluation writes: results/<table>[_proxy]_<key>."""
+        return self.results / f"{self.table.name}{self.suffix}_{key}"
 
 
 def _resolve(config: str) -> str:
@@ -438,11 +438,12 @@ def run_plan(plan: Plan, log=print) -> list[tuple[str, str]]:
     return plan.actions
 
 
-def _eval_targets(plan: Plan, evaluation: Evaluation) -> list[tuple[Path, int | None]]:
+def _eval_targets(plan: Plan, evaluation: Evaluation | None = None) -> list[tuple[Path, int | None]]:
+    """(run directory, seed; None for a floor) of every run the evaluation covers; no evaluation: every run."""
     stems = [_stem(c) for c in plan.configs()]
-    wanted = set(evaluation.configs) if evaluation.configs else set(stems)
+    wanted = set(evaluation.configs) if evaluation is not None and evaluation.configs else set(stems)
     targets = [(plan.out / stem / f"seed{seed}", seed) for seed in plan.seeds for stem in stems if stem in wanted]
-    if evaluation.floor:
+    if evaluation is None or evaluation.floor:
         targets += [(plan.out / "random_init" / _stem(c), None) for c in plan.floors() if _stem(c) in wanted]
     return targets
 
@@ -461,11 +462,9 @@ def write_results(plan: Plan, log) -> None:
 
 def check_records(plan: Plan) -> None:
     """Every run and per-table evaluation of the plan is in plan.out (the records in results/) before tabling."""
-    expected = [plan.out / _stem(c) / f"seed{seed}" for seed in plan.seeds for c in plan.configs()]
-    expected += [plan.out / "random_init" / _stem(c) for c in plan.floors()]
-    missing = [str(run) for run in expected if not (run / "summary.json").is_file()]
-    missing += [f"{plan.table.name}{plan.suffix}_{e.key}" for e in plan.evaluations()
-                if e.per_table and not (plan.results / f"{plan.table.name}{plan.suffix}_{e.key}").is_dir()]
+    missing = [str(run) for run, _ in _eval_targets(plan) if not (run / "summary.json").is_file()]
+    missing += [plan.table_eval_dir(e.key).name for e in plan.evaluations()
+                if e.per_table and not plan.table_eval_dir(e.key).is_dir()]
     if missing:
         raise UserError(f"--tables-only: {', '.join(missing)} not in {plan.results}; run the table without "
                         "--tables-only to make them")
@@ -511,7 +510,7 @@ def wall_times(plan: Plan, run_dirs: list[Path]) -> str:
     for evaluation in plan.evaluations():
         if not evaluation.per_table:
             continue
-        record = plan.results / f"{plan.table.name}{plan.suffix}_{evaluation.key}" / TABLE_EVAL_RECORD
+        record = plan.table_eval_dir(evaluation.key) / TABLE_EVAL_RECORD
         if not record.is_file():
             lines.append(f"| {evaluation.key} over all runs | | not recorded |")
             continue
