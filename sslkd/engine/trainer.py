@@ -193,6 +193,7 @@ class Trainer:
         values = dist.all_reduce_mean(torch.stack([value.detach().float() for value in losses.values()]))
         reported = dict(zip(losses, values))
         if not bool(torch.isfinite(values).all()):
+            self.strategy.discard_deferred()
             return self._non_finite(reported, info)
         for optimizer in self.optimizers.values():
             optimizer.zero_grad(set_to_none=True)
@@ -209,6 +210,7 @@ class Trainer:
                     param.grad = None
             self.scaler.step(optimizer)
         self.scaler.update()
+        self.strategy.apply_deferred()
         self.strategy.after_step(info)
         return reported
 

@@ -91,6 +91,7 @@ class Strategy(nn.Module):
         self.info = info
         self.options = strategy_options(cfg, self.Options)
         self.members = nn.ModuleDict()
+        self._deferred: list[Callable[[], None]] = []
 
     def add_members(self, heads: Callable[[str, nn.Module, float], dict[str, nn.Module]], ema_teacher: bool) -> None:
         """One member per ``members:`` entry: its backbone plus ``heads(name, backbone, drop_path_rate)``."""
@@ -147,9 +148,23 @@ class Strategy(nn.Module):
         reduced to a scalar to back-propagate through the students; ``sslkd bench`` measures the rest as overhead."""
         raise NotImplementedError(f"{type(self).__name__} does not declare its network passes for sslkd bench")
 
+    def defer(self, update: Callable[[], None]) -> None:
+        """Queue a state update computed in ``forward`` (a center, a queue or a bank write). The trainer applies it
+        with ``apply_deferred`` only once it accepts the step, so a skipped (non-finite) step leaves no trace."""
+        self._deferred.append(update)
+
+    @torch.no_grad()
+    def apply_deferred(self) -> None:
+        updates, self._deferred = self._deferred, []
+        for update in updates:
+            update()
+
+    def discard_deferred(self) -> None:
+        self._deferred = []
+
     @torch.no_grad()
     def after_step(self, step: StepInfo) -> None:
-        """Called after every optimiser step (EMA teachers, queues, banks)."""
+        """Called after every accepted optimiser step, once the deferred updates are applied (EMA teachers)."""
 
     @torch.no_grad()
     def update_teachers(self, step: StepInfo, base_momentum: float) -> None:

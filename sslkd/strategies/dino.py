@@ -7,6 +7,7 @@ centering and sharpening (MOKD Eq. 2 is this loss with two views).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -61,7 +62,7 @@ class DINO(Strategy):
             losses[f"{name}/loss"] = dino_loss(
                 student_logits, teacher_logits, self.centers[f"{name}/dino"], len(views), n_global, opts.student_temp, tau_t
             )
-            self.centers.update(f"{name}/dino", teacher_logits, opts.center_momentum)
+            self.defer(partial(self.centers.update, f"{name}/dino", teacher_logits.detach(), opts.center_momentum))
         losses["loss"] = sum(losses[f"{name}/loss"] for name in self.members)
         return losses
 

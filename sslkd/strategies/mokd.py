@@ -30,6 +30,7 @@ one backward of sum_i L_i equals the code's two backward passes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal
 
 import torch
@@ -131,8 +132,8 @@ class MOKD(Strategy):
             losses[f"{name}/loss"] = sm + st + member.cfg.distill_weight * (cm + ct)
 
         for name in self.members:
-            self.centers.update(f"{name}/dino", teachers[name]["mlp"], opts.center_momentum)
-            self.thead_centers.update(f"{name}/thead", teachers[name]["thead"], opts.center_momentum)
+            self.defer(partial(self.centers.update, f"{name}/dino", teachers[name]["mlp"].detach(), opts.center_momentum))
+            self.defer(partial(self.thead_centers.update, f"{name}/thead", teachers[name]["thead"].detach(), opts.center_momentum))
         losses["loss"] = sum(losses[f"{name}/loss"] for name in self.members)
         return losses
 
