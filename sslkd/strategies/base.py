@@ -141,7 +141,23 @@ class Strategy(nn.Module):
         return EpochSampler(len(dataset), seed, rank=rank, world_size=world_size)
 
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor, indices: torch.Tensor, step: StepInfo) -> dict[str, torch.Tensor]:
+        """One step's named losses: the network passes, then the loss computation on their outputs."""
+        return self.losses(self.network_outputs(views), labels, indices, step)
+
+    def network_outputs(self, views: list[torch.Tensor]) -> dict:
+        """Every network pass a step needs (students with gradients, teachers without), as a dict of head
+        outputs: what ``losses`` consumes. Public so a test or a user can compare against another implementation
+        by feeding ``losses`` head outputs of their own."""
         raise NotImplementedError
+
+    def losses(self, outputs: dict, labels: torch.Tensor, indices: torch.Tensor, step: StepInfo) -> dict[str, torch.Tensor]:
+        """The named loss terms of one step from ``network_outputs``; ``"loss"`` is the total. State updates
+        (centers, queues, banks) are queued with ``defer``, never applied here."""
+        raise NotImplementedError
+
+    def schedule_values(self, step: StepInfo) -> dict[str, float]:
+        """Scheduled quantities the losses use at ``step`` (e.g. teacher temperatures per term), logged with the lr."""
+        return {}
 
     def network_passes(self, views: list[torch.Tensor]) -> torch.Tensor:
         """Only the network passes a step of this method needs (students forward, teachers forward) on ``views``,
