@@ -1,4 +1,5 @@
-"""Contrastive and similarity-based losses: SimCLR, SimSiam and DoGo's similarity distillation."""
+"""Contrastive and similarity-based losses: SimCLR, SimSiam and DoGo's similarity distillation. Every loss works
+in its inputs' precision (float64 stays float64); only half precision is promoted (``loss_precision``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from sslkd.engine.distributed import all_gather_with_grad, rank
+from sslkd.losses.precision import loss_precision
 
 
 def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
@@ -15,10 +17,10 @@ def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.5) -> t
     Under torch.distributed the B is the global batch: this process's 2b anchors contrast against the 2B
     embeddings of every process (gathered with gradients, as SimCLR's global negatives), so W processes of b
     items give the loss and gradients of one process of B = W x b."""
-    anchors = F.normalize(torch.cat([z_a, z_b]).float(), dim=-1)
+    anchors = F.normalize(loss_precision(torch.cat([z_a, z_b])), dim=-1)
     local = z_a.shape[0]
-    all_a = F.normalize(all_gather_with_grad(z_a).float(), dim=-1)
-    all_b = F.normalize(all_gather_with_grad(z_b).float(), dim=-1)
+    all_a = F.normalize(loss_precision(all_gather_with_grad(z_a)), dim=-1)
+    all_b = F.normalize(loss_precision(all_gather_with_grad(z_b)), dim=-1)
     total = all_a.shape[0]
     logits = anchors @ torch.cat([all_a, all_b]).T / temperature
     own = torch.arange(local, device=anchors.device) + rank() * local
@@ -30,7 +32,8 @@ def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.5) -> t
 
 def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """D(p, z) = -<p/|p|, z/|z|> averaged over rows, with SimSiam's stop-gradient on z (DoGo Eq. 6)."""
-    return -(F.normalize(p.float(), dim=-1) * F.normalize(z.detach().float(), dim=-1)).sum(dim=-1).mean()
+    target = F.normalize(loss_precision(z.detach()), dim=-1)
+    return -(F.normalize(loss_precision(p), dim=-1) * target).sum(dim=-1).mean()
 
 
 def simsiam_loss(p_a: torch.Tensor, p_b: torch.Tensor, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
@@ -46,7 +49,7 @@ def similarity_logits(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float =
     gathered (with gradients) from every process, so the row distributions, the KL and its gradients equal those
     of one process with the whole batch."""
     columns = all_gather_with_grad(z_b)
-    return F.normalize(z_a.float(), dim=-1) @ F.normalize(columns.float(), dim=-1).T / temperature
+    return F.normalize(loss_precision(z_a), dim=-1) @ F.normalize(loss_precision(columns), dim=-1).T / temperature
 
 
 def similarity_kl(target: torch.Tensor, logits: torch.Tensor, reduction: str = "row") -> torch.Tensor:
@@ -56,7 +59,8 @@ def similarity_kl(target: torch.Tensor, logits: torch.Tensor, reduction: str = "
     ``all``: the pointwise terms averaged over all B^2 entries, as the authors' code (``F.kl_div`` default), i.e.
     ``row`` / B.
     """
-    pointwise = F.kl_div(F.log_softmax(logits.float(), dim=-1), target.detach().float(), reduction="none")
+    log_probs = F.log_softmax(loss_precision(logits), dim=-1)
+    pointwise = F.kl_div(log_probs, loss_precision(target.detach()), reduction="none")
     if reduction == "row":
         return pointwise.sum(dim=-1).mean()
     if reduction == "all":
@@ -66,7 +70,7 @@ def similarity_kl(target: torch.Tensor, logits: torch.Tensor, reduction: str = "
 
 def peer_ensemble(peer_logits: list[torch.Tensor]) -> torch.Tensor:
     """The peers' mean row distribution, detached: DoGo's ensemble teacher for more than two peers (Sec. 3)."""
-    return torch.stack([F.softmax(logits.detach().float(), dim=-1) for logits in peer_logits]).mean(dim=0)
+    return torch.stack([F.softmax(loss_precision(logits.detach()), dim=-1) for logits in peer_logits]).mean(dim=0)
 
 
 def dogo_kd_loss(logits: torch.Tensor, peer_logits: list[torch.Tensor], multi_peer: str = "sum",
@@ -77,5 +81,7 @@ def dogo_kd_loss(logits: torch.Tensor, peer_logits: list[torch.Tensor], multi_pe
     if multi_peer == "ensemble":
         return similarity_kl(peer_ensemble(peer_logits), logits, reduction)
     if multi_peer == "sum":
-        return sum(similarity_kl(F.softmax(peer.detach().float(), dim=-1), logits, reduction) for peer in peer_logits)
+        return sum(
+            similarity_kl(F.softmax(loss_precision(peer.detach()), dim=-1), logits, reduction) for peer in peer_logits
+        )
     raise ValueError(f"multi_peer must be 'sum' or 'ensemble', got {multi_peer!r}")

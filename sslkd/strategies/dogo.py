@@ -90,7 +90,8 @@ class DoGo(Strategy):
         first = 2 * index if self.options.views == "per_peer" else 0
         return views[first], views[first + 1]
 
-    def _network_passes(self, views) -> dict[str, PairOutputs]:
+    def network_outputs(self, views) -> dict[str, PairOutputs]:
+        """Every peer's projections (and a SimSiam peer's predictions) on its own two views, keyed by peer name."""
         return {
             name: OBJECTIVES[self.options.objectives[name]].embed(member.student, *self.peer_views(views, i))
             for i, (name, member) in enumerate(self.members.items())
@@ -105,9 +106,10 @@ class DoGo(Strategy):
             return outputs[peer].z
         return outputs[peer].own
 
-    def forward(self, views, labels, indices, step):
+    def losses(self, outputs: dict[str, PairOutputs], labels, indices, step) -> dict[str, torch.Tensor]:
+        """Per peer i: ``i/ssl`` (Eq. 1 or 6), ``i/kd`` (Eq. 2-3 against the detached peers) and ``i/loss`` =
+        ssl + lambda_i kd (Eq. 4-5); ``loss``: their sum over peers."""
         opts = self.options
-        outputs = self._network_passes(views)
         losses: dict[str, torch.Tensor] = {}
         for name, member in self.members.items():
             objective = OBJECTIVES[opts.objectives[name]]
@@ -124,4 +126,4 @@ class DoGo(Strategy):
         return losses
 
     def network_passes(self, views):
-        return sum(out.mean() for out in self._network_passes(views).values())
+        return sum(out.mean() for out in self.network_outputs(views).values())

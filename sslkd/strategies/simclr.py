@@ -92,16 +92,18 @@ class TwoViewSSL(Strategy):
     def train_transform(self) -> SimCLRTransform:
         return two_view_transform(self, 2)
 
-    def _network_passes(self, views) -> dict[str, PairOutputs]:
+    def network_outputs(self, views) -> dict[str, PairOutputs]:
+        """Every member's head outputs on the two views, keyed by member name."""
         return {name: self.embed(member.student, views[0], views[1]) for name, member in self.members.items()}
 
-    def forward(self, views, labels, indices, step):
-        losses = {f"{name}/loss": self.loss(out, self.options) for name, out in self._network_passes(views).items()}
+    def losses(self, outputs: dict[str, PairOutputs], labels, indices, step) -> dict[str, torch.Tensor]:
+        """``<member>/loss``: each member's own objective on its outputs; ``loss``: their sum."""
+        losses = {f"{name}/loss": self.loss(out, self.options) for name, out in outputs.items()}
         losses["loss"] = sum(losses.values())
         return losses
 
     def network_passes(self, views):
-        return sum(out.mean() for out in self._network_passes(views).values())
+        return sum(out.mean() for out in self.network_outputs(views).values())
 
 
 @STRATEGIES.register("simclr")
