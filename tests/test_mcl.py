@@ -242,6 +242,8 @@ def test_mcl_memory_mining_writes_banks_that_survive_a_checkpoint(tmp_path):
     losses = strategy(views, labels, indices, STEP)
     assert torch.isfinite(losses["loss"])
     losses["loss"].backward()  # banks were read before they were written: autograd is untouched
+    assert torch.equal(strategy.contrast.banks["small"].features, before)  # written once the step is accepted
+    strategy.apply_deferred()
     after = strategy.contrast.banks["small"].features
     assert not torch.equal(after[:4], before[:4]) and torch.equal(after[4:], before[4:])
     from sslkd.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -266,6 +268,8 @@ def test_mcl_moco_form_uses_no_labels_queues_and_detached_keys():
     views = [torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)]
     losses = strategy(views, torch.full((4,), -7), torch.arange(4), STEP)  # labels are never read
     assert set(losses) == {"vcl", "icl", "soft_vcl", "soft_icl", "loss"}
+    assert int(strategy.queues["small"].pointer) == 0  # keys enter the queue once the step is accepted
+    strategy.apply_deferred()
     assert int(strategy.queues["small"].pointer) == 4
     losses["loss"].backward()
     for name in ("small", "large"):

@@ -6,13 +6,20 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from sslkd.losses.precision import loss_precision
 
-def soft_kl(target_logits: torch.Tensor, logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+
+def soft_kl(target_logits: torch.Tensor, logits: torch.Tensor, temperature: float = 1.0,
+            row_weights: torch.Tensor | None = None) -> torch.Tensor:
     """T^2 KL(softmax(t/T) || softmax(s/T)), summed over classes and averaged over the batch ("batchmean"); the
-    target is detached (MCL Eq. 19 with one teacher; DML's KL(p_peer || p_m) at T = 1)."""
-    log_p = F.log_softmax(logits.float() / temperature, dim=-1)
-    log_q = F.log_softmax(target_logits.detach().float() / temperature, dim=-1)
-    return F.kl_div(log_p, log_q, reduction="batchmean", log_target=True) * temperature**2
+    target is detached (MCL Eq. 19 with one teacher; DML's KL(p_peer || p_m) at T = 1). ``row_weights`` [B] scale
+    each row's KL before the batch mean. Half precision is promoted to float32; float64 stays float64."""
+    log_p = F.log_softmax(loss_precision(logits) / temperature, dim=-1)
+    log_q = F.log_softmax(loss_precision(target_logits.detach()) / temperature, dim=-1)
+    if row_weights is None:
+        return F.kl_div(log_p, log_q, reduction="batchmean", log_target=True) * temperature**2
+    per_row = F.kl_div(log_p, log_q, reduction="none", log_target=True).sum(dim=-1)
+    return (row_weights * per_row).mean() * temperature**2
 
 
 def dml_loss(logits: torch.Tensor, peer_logits: list[torch.Tensor], temperature: float = 1.0,

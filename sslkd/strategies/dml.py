@@ -19,6 +19,7 @@ from typing import Literal
 import torch.nn.functional as F
 
 from sslkd.losses.classification import dml_loss
+from sslkd.losses.precision import loss_precision
 from sslkd.registry import STRATEGIES
 from sslkd.strategies.supervised import SupervisedCohort
 
@@ -39,12 +40,13 @@ class DML(SupervisedCohort):
         self.require_members(2)
         self.build_members()
 
-    def forward(self, views, labels, indices, step):
+    def losses(self, outputs, labels, indices, step):
+        """DML Eq. (10) per member on ``network_outputs``' logits; the total sums the members' losses."""
         opts = self.options
-        logits = self.logits(views[0])
+        logits = outputs["logits"]
         losses = {}
         for name, z in logits.items():
-            ce = F.cross_entropy(z.float(), labels)
+            ce = F.cross_entropy(loss_precision(z), labels)
             kl = dml_loss(z, [logits[peer] for peer in logits if peer != name], opts.temperature, opts.peer_reduction)
             weight = self.members[name].cfg.distill_weight
             losses.update({f"{name}/ce": ce, f"{name}/kl": kl, f"{name}/loss": ce + weight * kl})

@@ -8,25 +8,29 @@ augmented view per image, the same tensor for every member (code). Loss:
 
 with VCL/ICL the (K+1)-way contrastive cross-entropies of Eq. 2 and 5 (ICL: anchor from f_a, contrast from f_b;
 both get gradients), the soft terms KL at ``soft_temperature`` between contrastive distributions, the soft label
-detached (Eq. 8-9). Contrastive sample mining (Sec. 4.5.1):
+detached (Eq. 8-9). ``soft_anchor_column`` says which rows the soft terms compare under batch-based mining: ``drop``
+(default; the paper's Eq. 8-9, distributions over the K+1 contrastive samples, the anchor not among them, the same
+rows as VCL/ICL) or ``keep`` (the authors' code: the full B x B similarity logits, each anchor's own column
+included; every reproduction config sets it). Contrastive sample mining (Sec. 4.5.1):
 - ``mining: batch`` (CIFAR, Alg. 1): a class-aware sampler makes batches of B/2 classes x 2 images; every other
   batch sample is a contrastive sample (positives: same label; the anchor's own column is dropped, even across
   networks, as in the code); negatives come from the whole global batch under DDP (autograd-aware all-gather).
 - ``mining: memory`` (ImageNet, Alg. 2): one memory bank per member over the training set (random unit vectors at
-  first, written at each sample's index with momentum ``memory.momentum`` and renormalised, after the loss), one
+  first, written at each sample's index with momentum ``memory.momentum`` and renormalised once the trainer accepts
+  the step, so a skipped non-finite step leaves the banks as they were), one
   same-class positive and ``memory.negatives`` other-class negatives drawn per anchor, the same indices for every
   member so the distributions compare the same samples.
 
 Self-supervised form (``form: moco``, the AAAI paper's MoCo-based variant that MOKD Table 3 compares against): no
 labels and no classifier; each member is a MoCo v2 (query encoder = backbone + projection, momentum key encoder,
-its own FIFO queue of ``moco.queue_size`` keys). With q_m from view 1 and k_m from view 2:
+its own FIFO queue of ``moco.queue_size`` keys, enqueued once the trainer accepts the step). With q_m from view 1 and k_m from view 2:
 VCL = member m's MoCo loss on [q_m.k_m, q_m.queue_m] (Eq. 2); ICL a->b on [q_a.k_b, q_a.queue_b] (Eq. 5); the soft
 terms are the KL between those (1+K)-way distributions (Eq. 8-9). Keys are all-gathered before they enter a queue.
 Not offered: MoCo's shuffled BatchNorm across GPUs (each process's key encoder normalises its own batch).
 
 Options (``strategy:``): ``form``, ``mining``, ``alpha`` (0.1), ``beta`` (1), ``tau`` (0.1 CIFAR, 0.07 ImageNet and
-MoCo), ``soft_temperature`` (3), ``embed_dim`` (128), ``embed_hidden_dim`` (128; null = the backbone width, MoCo
-v2's head), ``terms`` (subset of vcl/icl/soft_vcl/soft_icl, MCL Table 6), ``memory: {momentum, negatives}``,
+MoCo), ``soft_temperature`` (3), ``embed_dim`` (128), ``soft_anchor_column`` (drop), ``embed_hidden_dim`` (128; null = the backbone width,
+MoCo v2's head), ``terms`` (subset of vcl/icl/soft_vcl/soft_icl, MCL Table 6), ``memory: {momentum, negatives}``,
 ``moco: {queue_size, momentum}``. Evaluation: supervised form, test top-1 of every member and the ensemble;
 MoCo form, k-NN and linear probe of each query encoder's backbone.
 """
@@ -35,7 +39,8 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Literal
+from functools import partial
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -49,10 +54,11 @@ from sslkd.errors import UserError
 from sslkd.losses.mcl import (
     TERMS,
     ContrastiveLogits,
-    batch_contrast,
+    batch_contrastive_logits,
     mcl_loss,
     memory_contrast,
 )
+from sslkd.losses.precision import loss_precision
 from sslkd.models.memory import ClassIndex, FeatureQueue, MemoryBank
 from sslkd.models.teacher import EMATeacher
 from sslkd.registry import STRATEGIES
@@ -80,6 +86,7 @@ class MCLOptions:
     beta: float = 1.0
     tau: float = 0.1
     soft_temperature: float = 3.0
+    soft_anchor_column: Literal["drop", "keep"] = "drop"
     embed_dim: int = 128
     embed_hidden_dim: int | None = 128
     terms: list[str] = field(default_factory=lambda: list(TERMS))
@@ -91,6 +98,13 @@ def check_terms(terms: list[str]) -> None:
     unknown = sorted(set(terms) - set(TERMS))
     if unknown:
         raise UserError(f"strategy.terms has unknown MCL terms {unknown}; choose from {', '.join(TERMS)}")
+
+
+def check_soft_anchor_column(soft_anchor_column: str, mining: str, form: str = "supervised") -> None:
+    """Only batch-based mining contrasts an anchor with its own batch, so only there is an anchor column to keep."""
+    if soft_anchor_column == "keep" and (mining != "batch" or form != "supervised"):
+        raise UserError("strategy.soft_anchor_column=keep applies to batch-based mining only (memory banks and MoCo "
+                        "queues never hold the anchor's own column): drop the option or set it to drop")
 
 
 class Projection(nn.Sequential):
@@ -113,12 +127,14 @@ class CohortContrast(nn.Module):
     """Contrastive logits of one layer of the cohort (batch- or memory-based mining) and, for memory-based mining,
     the members' memory banks (buffers, so checkpoints hold them)."""
 
-    def __init__(self, members: list[str], dim: int, mining: str, tau: float, memory: MemoryOptions):
+    def __init__(self, members: list[str], dim: int, mining: str, tau: float, memory: MemoryOptions,
+                 soft_anchor_column: str = "drop"):
         super().__init__()
         self.names = list(members)
         self.mining = mining
         self.tau = tau
         self.memory = memory
+        self.soft_anchor_column = soft_anchor_column
         self.banks = nn.ModuleDict({m: MemoryBank(dim) for m in members}) if mining == "memory" else None
         self.class_index: ClassIndex | None = None
 
@@ -132,19 +148,12 @@ class CohortContrast(nn.Module):
 
     def logits(self, embeddings: dict[str, torch.Tensor], labels: torch.Tensor,
                indices: torch.Tensor) -> ContrastiveLogits:
-        pairs = [(a, b) for a in self.names for b in self.names if a != b]
         if self.mining == "batch":
             all_labels = all_gather_no_grad(labels)
             positions = rank() * labels.shape[0] + torch.arange(labels.shape[0], device=labels.device)
             contrast = {m: all_gather_with_grad(v) for m, v in embeddings.items()}
-
-            def build(a: str, b: str) -> torch.Tensor:
-                return batch_contrast(embeddings[a], contrast[b], labels, all_labels, positions, self.tau)
-
-            own = {m: build(m, m) for m in self.names}
-            cross = {(a, b): build(a, b) for a, b in pairs}
-            return ContrastiveLogits({m: v[0] for m, v in own.items()}, {k: v[0] for k, v in cross.items()},
-                                     own[self.names[0]][1])
+            return batch_contrastive_logits(embeddings, contrast, labels, all_labels, positions, self.tau,
+                                            self.soft_anchor_column)
         if self.class_index is None:
             raise UserError("memory-based mining needs the training set to size its memory banks: train through "
                             "the trainer (sslkd train), or use strategy.mining=batch")
@@ -157,18 +166,24 @@ class CohortContrast(nn.Module):
         def build(a: str, b: str) -> tuple[torch.Tensor, torch.Tensor]:
             return memory_contrast(embeddings[a], positives[b], negatives[b], self.tau)
 
+        pairs = [(a, b) for a in self.names for b in self.names if a != b]
         own = {m: build(m, m) for m in self.names}
         cross = {(a, b): build(a, b)[0] for a, b in pairs}
         return ContrastiveLogits({m: v[0] for m, v in own.items()}, cross, own[self.names[0]][1])
 
-    @torch.no_grad()
-    def write(self, embeddings: dict[str, torch.Tensor], indices: torch.Tensor) -> None:
-        """Memory-based mining: write this step's embeddings of every process at their items' indices."""
+    def bank_write(self, embeddings: dict[str, torch.Tensor], indices: torch.Tensor) -> Callable[[], None] | None:
+        """Memory-based mining: this step's embeddings of every process, gathered now, as an update that writes
+        them at their items' indices (MCL Alg. 2) once the step is accepted (``Strategy.defer``)."""
         if self.banks is None:
-            return
+            return None
         all_indices = all_gather_no_grad(indices)
-        for m, v in embeddings.items():
-            self.banks[m].update(all_indices, all_gather_no_grad(v.detach()), self.memory.momentum)
+        gathered = {m: all_gather_no_grad(v.detach()) for m, v in embeddings.items()}
+
+        def write() -> None:
+            for m, v in gathered.items():
+                self.banks[m].update(all_indices, v, self.memory.momentum)
+
+        return write
 
 
 def mining_sampler(strategy, contrasts: list[CohortContrast], mining: str, dataset: Dataset, batch_size: int,
@@ -196,6 +211,7 @@ class MCL(SupervisedCohort):
         opts = self.options
         self.require_members(2)
         check_terms(opts.terms)
+        check_soft_anchor_column(opts.soft_anchor_column, opts.mining, opts.form)
         if opts.form == "moco" and opts.mining == "memory":
             raise UserError("strategy.form=moco mines its negatives from each member's MoCo queue: "
                             "drop strategy.mining=memory (or set it to batch)")
@@ -208,7 +224,8 @@ class MCL(SupervisedCohort):
             })
             self.queues = nn.ModuleDict({name: FeatureQueue(opts.moco.queue_size, opts.embed_dim) for name in names})
         else:
-            self.contrast = CohortContrast(names, opts.embed_dim, opts.mining, opts.tau, opts.memory)
+            self.contrast = CohortContrast(names, opts.embed_dim, opts.mining, opts.tau, opts.memory,
+                                           opts.soft_anchor_column)
 
     def member_heads(self, name, backbone):
         opts = self.options
@@ -231,35 +248,49 @@ class MCL(SupervisedCohort):
         return mining_sampler(self, [self.contrast], self.options.mining, dataset, batch_size, seed, rank, world_size)
 
     def embed(self, student: nn.ModuleDict, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(pooled feature phi(x), v = normalise(zeta(phi(x))))."""
+        """(pooled feature phi(x), v = normalise(zeta(phi(x)))) (MCL Sec. 3.1)."""
         feature = student["backbone"](images)
-        return feature, F.normalize(student["embed"](feature).float(), dim=1)
+        return feature, F.normalize(loss_precision(student["embed"](feature)), dim=1)
 
-    def forward(self, views, labels, indices, step):
-        return self._moco_forward(views) if self.options.form == "moco" else self._supervised_forward(views, labels, indices)
-
-    def _supervised_forward(self, views, labels, indices):
-        opts = self.options
-        losses, embeddings = {}, {}
+    def network_outputs(self, views):
+        """Supervised form: {"logits": {m: z_m}, "embeddings": {m: v_m}} on the one view. MoCo form:
+        {"queries": {m: q_m}} from view 1 and {"keys": {m: k_m}} from view 2 (key encoders, no gradient)."""
+        if self.options.form == "supervised":
+            logits, embeddings = {}, {}
+            for name, member in self.members.items():
+                feature, embeddings[name] = self.embed(member.student, views[0])
+                logits[name] = member.student["classifier"](feature)
+            return {"logits": logits, "embeddings": embeddings}
+        queries, keys = {}, {}
         for name, member in self.members.items():
-            feature, embeddings[name] = self.embed(member.student, views[0])
-            losses[f"{name}/ce"] = F.cross_entropy(member.student["classifier"](feature).float(), labels)
+            queries[name] = self.embed(member.student, views[0])[1]
+            with torch.no_grad():
+                keys[name] = self.embed(self.key_encoders[name].module, views[1])[1]
+        return {"queries": queries, "keys": keys}
+
+    def losses(self, outputs, labels, indices, step):
+        return self._moco_losses(outputs) if self.options.form == "moco" else self._supervised_losses(outputs, labels, indices)
+
+    def _supervised_losses(self, outputs, labels, indices):
+        """sum_m CE(z_m, y) + MCL Eq. (10); the bank write (memory-based mining) waits for the accepted step."""
+        opts = self.options
+        embeddings = outputs["embeddings"]
+        losses = {f"{name}/ce": F.cross_entropy(loss_precision(z), labels) for name, z in outputs["logits"].items()}
         mcl = mcl_loss(self.contrast.logits(embeddings, labels, indices), opts.alpha, opts.beta,
                        opts.soft_temperature, tuple(opts.terms))
-        self.contrast.write(embeddings, indices)
+        write = self.contrast.bank_write(embeddings, indices)
+        if write is not None:
+            self.defer(write)
         losses.update({term: value for term, value in mcl.items() if term != "loss"})
         losses["mcl"] = mcl["loss"]
         losses["loss"] = sum(losses[f"{name}/ce"] for name in self.members) + mcl["loss"]
         return losses
 
-    def _moco_forward(self, views):
+    def _moco_losses(self, outputs):
+        """MCL Eq. (10) over each member's MoCo distributions; the keys enter the queues once the step is accepted."""
         opts = self.options
-        queries, keys, queues = {}, {}, {}
-        for name, member in self.members.items():
-            _, queries[name] = self.embed(member.student, views[0])
-            with torch.no_grad():
-                _, keys[name] = self.embed(self.key_encoders[name].module, views[1])
-            queues[name] = self.queues[name].snapshot()
+        queries, keys = outputs["queries"], outputs["keys"]
+        queues = {name: self.queues[name].snapshot() for name in self.members}
 
         def build(a: str, b: str) -> tuple[torch.Tensor, torch.Tensor]:
             return memory_contrast(queries[a], keys[b], queues[b], opts.tau)
@@ -270,7 +301,7 @@ class MCL(SupervisedCohort):
         mcl = mcl_loss(ContrastiveLogits({m: v[0] for m, v in own.items()}, cross, own[names[0]][1]),
                        opts.alpha, opts.beta, opts.soft_temperature, tuple(opts.terms))
         for name in names:
-            self.queues[name].enqueue(all_gather_no_grad(keys[name]))
+            self.defer(partial(self.queues[name].enqueue, all_gather_no_grad(keys[name])))
         losses = {term: value for term, value in mcl.items() if term != "loss"}
         losses["loss"] = mcl["loss"]
         return losses
@@ -281,16 +312,3 @@ class MCL(SupervisedCohort):
         if self.options.form == "moco":
             for name, member in self.members.items():
                 self.key_encoders[name].update(member.student, self.options.moco.momentum)
-
-    def network_passes(self, views):
-        total = 0.0
-        if self.options.form == "supervised":
-            for member in self.members.values():
-                feature, embedding = self.embed(member.student, views[0])
-                total = total + embedding.mean() + member.student["classifier"](feature).float().mean()
-            return total
-        for name, member in self.members.items():
-            with torch.no_grad():
-                key = self.embed(self.key_encoders[name].module, views[1])[1]
-            total = total + self.embed(member.student, views[0])[1].mean() + 0.0 * key.mean()
-        return total

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslkd.data.transforms import SupervisedTransform
+from sslkd.losses.precision import loss_precision
 from sslkd.registry import STRATEGIES
 from sslkd.strategies.base import Strategy
 
@@ -44,8 +45,21 @@ class SupervisedCohort(Strategy):
         """The kept network's logits per member (inference graph: backbone + final classifier, no auxiliary parts)."""
         return self.logits(images)
 
+    def network_outputs(self, views):
+        """{"logits": {m: z_m}}: every member's class logits on the one view (the same tensor for every member)."""
+        return {"logits": self.logits(views[0])}
+
     def network_passes(self, views):
-        return sum(z.float().mean() for z in self.logits(views[0]).values())
+        return sum_of_trained_outputs(self.network_outputs(views))
+
+
+def sum_of_trained_outputs(outputs) -> torch.Tensor:
+    """The mean of every output that carries a gradient, summed (nested dicts and lists): a scalar whose backward
+    runs every student pass of ``network_outputs`` (``sslkd bench``)."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs.float().mean() if outputs.requires_grad else outputs.new_zeros((), dtype=torch.float32)
+    values = outputs.values() if isinstance(outputs, dict) else outputs
+    return sum(sum_of_trained_outputs(value) for value in values)
 
 
 @STRATEGIES.register("supervised")
@@ -58,7 +72,7 @@ class Supervised(SupervisedCohort):
         super().__init__(cfg, info)
         self.build_members()
 
-    def forward(self, views, labels, indices, step):
-        losses = {f"{name}/loss": F.cross_entropy(z.float(), labels) for name, z in self.logits(views[0]).items()}
+    def losses(self, outputs, labels, indices, step):
+        losses = {f"{name}/loss": F.cross_entropy(loss_precision(z), labels) for name, z in outputs["logits"].items()}
         losses["loss"] = sum(losses.values())
         return losses
