@@ -111,10 +111,15 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
+    """``encoder``: which encoder of a member with an EMA teacher k-NN, linear probe and the other protocols
+    evaluate: ``teacher``, ``student`` (the online encoder), or ``auto``, the method's authors' choice (the
+    strategy's ``eval_encoder``: teacher for DINO, MOKD and SDSSL, student for BYOL and MoCo v3)."""
+
     knn_k: list[int] = field(default_factory=lambda: [10, 20, 100, 200])
     knn_temperature: float = 0.07
     batch_size: int = 256
     every_epochs: int = 0
+    encoder: Literal["auto", "teacher", "student"] = "auto"
 
 
 @dataclass

@@ -37,23 +37,27 @@ def resolve_run(path: str | Path) -> tuple[Path, Path | None]:
     return run_dir, path
 
 
-def load_strategy(path: str | Path, data_name: str | None = None, data_root: str | None = None):
-    """The run's strategy with its trained weights, and its config (data set replaced when ``data_name`` is given).
+def load_strategy(path: str | Path, data_name: str | None = None, data_root: str | None = None,
+                  encoder: str | None = None):
+    """The run's strategy with its trained weights, and its config (data set replaced when ``data_name`` is given;
+    ``eval.encoder``, which encoder of each member is evaluated, replaced when ``encoder`` is given).
 
     A 0-epoch run is rebuilt from its config.yaml with its seed: the trainer seeds everything and builds the
     strategy before any other random draw, so this is the initialisation that run evaluated."""
     from sslkd.config import Config, from_dict, read_yaml
     from sslkd.data import build_dataset
     from sslkd.engine.trainer import seed_everything
-    from sslkd.eval.protocol import strategy_from_checkpoint
+    from sslkd.eval.protocol import checked_encoder, strategy_from_checkpoint
     from sslkd.registry import STRATEGIES
 
     run_dir, checkpoint = resolve_run(path)
     if checkpoint is not None:
-        return strategy_from_checkpoint(checkpoint, data_name, data_root)
+        return strategy_from_checkpoint(checkpoint, data_name, data_root, encoder)
     cfg = from_dict(Config, read_yaml(run_dir / "config.yaml"))
     if cfg.train.epochs != 0:
         raise UserError(f"'{run_dir}' has no {CHECKPOINT}: finish it with `sslkd train --resume {run_dir}` first")
+    if encoder is not None:
+        cfg.eval.encoder = checked_encoder(encoder)
     seed_everything(cfg.train.seed)
     info = build_dataset(cfg.data.name, cfg.data.root, "train").info
     strategy = STRATEGIES.get(cfg.method)(cfg, info)
@@ -64,9 +68,11 @@ def load_strategy(path: str | Path, data_name: str | None = None, data_root: str
     return strategy, cfg
 
 
-def load_members(path, member: str | None = None, data_name: str | None = None, data_root: str | None = None):
-    """(strategy, config, {member: evaluated backbone}) of a checkpoint, restricted to ``member`` when given."""
-    strategy, cfg = load_strategy(path, data_name, data_root)
+def load_members(path, member: str | None = None, data_name: str | None = None, data_root: str | None = None,
+                 encoder: str | None = None):
+    """(strategy, config, {member: evaluated backbone}) of a checkpoint, restricted to ``member`` when given; the
+    evaluated backbone is the encoder ``eval.encoder`` names (replaced by ``encoder`` when given)."""
+    strategy, cfg = load_strategy(path, data_name, data_root, encoder)
     if member is not None and member not in strategy.members:
         raise UserError(f"checkpoint has no member {member!r}; its members are {', '.join(strategy.members)}")
     strategy.eval()

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import typing
+
 import torch
 from torch.utils.data import DataLoader
 
-from sslkd.config import Config
+from sslkd.config import Config, EvalConfig
 from sslkd.data import build_dataset
 from sslkd.data.transforms import EvalTransform
 from sslkd.engine import distributed as dist
+from sslkd.errors import UserError
 from sslkd.eval.features import extract_features
 from sslkd.eval.knn import dogo_knn_mean, knn_accuracy
 
-FEATURE_SOURCE = "EMA-teacher backbone where the method has one: ViT CLS after the final norm, CNN global average pool"
+ENCODERS = typing.get_args(typing.get_type_hints(EvalConfig)["encoder"])
+FEATURE_SOURCE = ("the backbone of the evaluated encoder (protocol 'encoder': the EMA teacher or the student, "
+                  "eval.encoder): ViT CLS after the final norm, CNN global average pool")
 
 
 def eval_loaders(cfg: Config, image_size: int | None = None) -> tuple[DataLoader, DataLoader]:
@@ -58,6 +63,7 @@ def evaluate_members(strategy, cfg: Config, device: torch.device, only: str | No
             "knn_ks": sorted(set(cfg.eval.knn_k) | {20}),
             "dogo_ks": [1, 2, 4, 8],
             "feature_source": FEATURE_SOURCE,
+            "encoder": strategy.evaluated_encoder(name),
             "train_split": "train",
             "test_split": "test",
             "n_train": len(train_feats),
@@ -67,15 +73,27 @@ def evaluate_members(strategy, cfg: Config, device: torch.device, only: str | No
     return results
 
 
-def strategy_from_checkpoint(path, data_name: str | None = None, data_root: str | None = None):
-    """Rebuild a run's strategy from its checkpoint (the config travels inside it) and load the weights."""
+def checked_encoder(encoder: str) -> str:
+    """``encoder`` if it is a value of ``eval.encoder``, else a UserError naming the valid ones."""
+    if encoder not in ENCODERS:
+        raise UserError(f"unknown encoder {encoder!r}; use one of {', '.join(ENCODERS)}")
+    return encoder
+
+
+def strategy_from_checkpoint(path, data_name: str | None = None, data_root: str | None = None,
+                             encoder: str | None = None):
+    """Rebuild a run's strategy from its checkpoint (the config travels inside it) and load the weights.
+
+    ``encoder`` (``auto``, ``teacher`` or ``student``) replaces the run's ``eval.encoder``: which encoder is
+    evaluated."""
     from sslkd.config import Config, from_dict
     from sslkd.engine.checkpoint import load_checkpoint
-    from sslkd.errors import UserError
     from sslkd.registry import STRATEGIES
 
     state = load_checkpoint(path)
     cfg = from_dict(Config, state["config"])
+    if encoder is not None:
+        cfg.eval.encoder = checked_encoder(encoder)
     info = build_dataset(cfg.data.name, cfg.data.root, "train").info
     strategy = STRATEGIES.get(cfg.method)(cfg, info)
     try:
@@ -90,12 +108,13 @@ def strategy_from_checkpoint(path, data_name: str | None = None, data_root: str 
 
 
 def knn_of_checkpoint(path, member: str | None = None, data_name: str | None = None, data_root: str | None = None,
-                      device: str = "auto") -> dict:
-    """``sslkd eval knn`` and tools/knn_eval.py: the run-end k-NN protocol on any checkpoint and member."""
+                      device: str = "auto", encoder: str | None = None) -> dict:
+    """``sslkd eval knn`` and tools/knn_eval.py: the run-end k-NN protocol on any checkpoint, member and encoder
+    (``encoder`` replaces the run's ``eval.encoder``)."""
     from sslkd.engine.trainer import pick_device
     from sslkd.errors import UserError
 
-    strategy, cfg = strategy_from_checkpoint(path, data_name, data_root)
+    strategy, cfg = strategy_from_checkpoint(path, data_name, data_root, encoder)
     if member is not None and member not in strategy.members:
         raise UserError(f"checkpoint has no member {member!r}; its members are {', '.join(strategy.members)}")
     torch_device = pick_device(device)

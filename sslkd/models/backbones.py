@@ -11,8 +11,11 @@ import difflib
 import re
 from functools import partial
 
+import math
+
 import timm
 import torch
+from timm.layers import build_sincos2d_pos_embed
 from torch import nn
 
 from sslkd.errors import UserError
@@ -235,6 +238,11 @@ def _unknown_backbone_message(name: str) -> str:
     )
 
 
+def _vit_options_message(name: str) -> str:
+    return (f"backbone_args pos_embed: sincos and freeze_patch_embed apply to timm ViTs (a patch embedding and a "
+            f"position table) and {name!r} is not one; remove them")
+
+
 def _create_timm(name: str, overrides: dict) -> nn.Module:
     """timm.create_model without weights or classifier; ViTs get dynamic_img_size=True unless overridden."""
     kwargs = dict(pretrained=False, num_classes=0, **overrides)
@@ -252,18 +260,60 @@ def _create_timm(name: str, overrides: dict) -> nn.Module:
         raise _override_error(name, overrides, exc) from exc
 
 
-def build_backbone(name: str, small_image_stem: bool = False, **overrides) -> Backbone:
+def use_sincos_pos_embed(model: nn.Module) -> None:
+    """Fixed 2-D sine-cosine position embeddings (MoCo v3; SDSSL Sec. 4.1 "ViT Architecture"), not trained.
+
+    Patch (y, x) gets [sin(y w), cos(y w), sin(x w), cos(x w)] with w_d = 1 / 10000^(d / (D/4)), d < D/4, the
+    layout of MoCo v3's and the SDSSL code's ``build_2d_sincos_position_embedding``; prefix tokens ([CLS]) get
+    zeros. Built by timm's ``build_sincos2d_pos_embed`` (its ``interleave_sin_cos`` stacks sin, cos per axis).
+    At another input size timm resamples the table, as it does a learned one.
+    """
+    grid = list(model.patch_embed.grid_size)
+    table = build_sincos2d_pos_embed(grid, model.embed_dim, interleave_sin_cos=True)
+    prefix = 0 if getattr(model, "no_embed_class", False) else model.num_prefix_tokens
+    with torch.no_grad():
+        model.pos_embed.copy_(torch.cat([torch.zeros(prefix, model.embed_dim), table]).unsqueeze(0))
+    model.pos_embed.requires_grad_(False)
+
+
+def freeze_random_patch_projection(model: nn.Module) -> None:
+    """A fixed random patch projection (MoCo v3's stability trick; SDSSL Sec. 4.1): initialised as MoCo v3's and
+    the SDSSL code's ViT (uniform in +-sqrt(6 / (fan_in + D)) over the flattened p x p x C -> D map, bias 0), then
+    every parameter of the patch embedding is excluded from training (``requires_grad`` False: the optimiser
+    leaves it out and no gradient reaches it)."""
+    proj = model.patch_embed.proj
+    fan_in = proj.weight[0].numel()
+    bound = math.sqrt(6.0 / (fan_in + proj.weight.shape[0]))
+    with torch.no_grad():
+        nn.init.uniform_(proj.weight, -bound, bound)
+        if proj.bias is not None:
+            proj.bias.zero_()
+    model.patch_embed.requires_grad_(False)
+
+
+def build_backbone(name: str, small_image_stem: bool = False, freeze_patch_embed: bool = False,
+                   **overrides) -> Backbone:
     """Build a registered sslkd backbone, else any timm model, behind the ``Backbone`` interface.
 
     ``small_image_stem`` swaps a timm ResNet's stem for the CIFAR one; the registered CIFAR networks already have
     it. ``overrides`` go to the constructor (e.g. img_size, patch_size, depth, embed_dim, drop_path_rate, widths).
+    ViT options of MoCo v3 and the SDSSL code (``members.<m>.backbone_args``): ``freeze_patch_embed: true`` (a
+    fixed random patch projection, ``freeze_random_patch_projection``) and ``pos_embed: sincos`` (fixed 2-D sine-cosine
+    position embeddings, ``use_sincos_pos_embed``); timm's own ``pos_embed`` values (``learn``, the default, and
+    ``none``) pass through.
     """
     reserved = [k for k in _RESERVED_OVERRIDES if k in overrides]
     if reserved:
         raise UserError(
             f"backbone override(s) {reserved} are set by sslkd (no weight downloads, no classifier); remove them"
         )
+    sincos = overrides.get("pos_embed") == "sincos"
+    if sincos:
+        overrides = {k: v for k, v in overrides.items() if k != "pos_embed"}
+    vit_options = sincos or freeze_patch_embed
     if name in BACKBONES:
+        if vit_options:
+            raise UserError(_vit_options_message(name))
         try:
             return BACKBONES.get(name)(**overrides)
         except TypeError as exc:
@@ -275,6 +325,12 @@ def build_backbone(name: str, small_image_stem: bool = False, **overrides) -> Ba
     model = _create_timm(name, overrides)
     if small_image_stem:
         _apply_small_image_stem(model, name)
+    if vit_options and not _is_token_vit(model):
+        raise UserError(_vit_options_message(name))
+    if sincos:
+        use_sincos_pos_embed(model)
+    if freeze_patch_embed:
+        freeze_random_patch_projection(model)
     return TimmViT(model) if _is_token_vit(model) else TimmSpatial(model)
 
 

@@ -62,9 +62,10 @@ class Member(nn.Module):
     def kind(self) -> str:
         return self.backbone.kind
 
-    def eval_backbone(self) -> nn.Module:
-        """The backbone evaluated by k-NN / linear probe: the teacher's where there is one (DINO protocol)."""
-        return self.teacher.module["backbone"] if self.teacher is not None else self.backbone
+    def eval_backbone(self, encoder: str = "teacher") -> nn.Module:
+        """The backbone evaluated by k-NN / linear probe: the EMA teacher's for ``teacher`` where there is one (DINO
+        protocol), else the student's (``student``: BYOL's and MoCo v3's online encoder)."""
+        return self.teacher.module["backbone"] if encoder == "teacher" and self.teacher is not None else self.backbone
 
 
 def build_member_backbone(cfg: MemberConfig, drop_path_rate: float) -> nn.Module:
@@ -84,6 +85,7 @@ class Strategy(nn.Module):
 
     name: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
+    eval_encoder: ClassVar[str] = "teacher"  # what ``eval.encoder: auto`` evaluates: the method's authors' choice
 
     def __init__(self, cfg: Config, info: DatasetInfo):
         super().__init__()
@@ -189,8 +191,14 @@ class Strategy(nn.Module):
             if member.teacher is not None:
                 member.teacher.update(member.student, momentum)
 
+    def evaluated_encoder(self, member: str) -> str:
+        """``teacher`` or ``student``: the encoder of ``member`` that evaluation uses (``eval.encoder``, ``auto``
+        resolved by ``eval_encoder``); a member without an EMA teacher always has its student evaluated."""
+        choice = self.eval_encoder if self.cfg.eval.encoder == "auto" else self.cfg.eval.encoder
+        return choice if self.members[member].teacher is not None else "student"
+
     def eval_backbones(self) -> dict[str, nn.Module]:
-        return {name: member.eval_backbone() for name, member in self.members.items()}
+        return {name: member.eval_backbone(self.evaluated_encoder(name)) for name, member in self.members.items()}
 
 
 class Centers(nn.Module):

@@ -14,7 +14,11 @@ Views: BYOL's asymmetric augmentation (``byol_views``): RandomResizedCrop (0.08,
 (0.4, 0.4, 0.2, 0.1) p=0.8, grayscale 0.2, blur p=1.0 / 0.1 and solarise p=0 / 0.2 on the two views. Of
 ``data.augment`` only ``global_size`` (the crop size) is read.
 
-Options (``strategy:``): ``proj_hidden_dim``, ``pred_hidden_dim``, ``out_dim``, ``last_bn``, ``momentum_teacher``.
+Options (``strategy:``): ``proj_hidden_dim``, ``pred_hidden_dim``, ``out_dim``, ``last_bn``, ``momentum_teacher``,
+``concat_views`` (False: one pass per view, as BYOL's and the SDSSL code; True: one pass over both views
+concatenated, batch-norm statistics over 2N).
+
+Evaluation: the online (student) encoder by default (``eval.encoder: auto``), as BYOL's protocol does.
 
 ``MomentumSSL`` is the skeleton shared with ``mocov3`` (and reused by ``sdssl``): the class's ``pair_loss`` is the
 objective; ``momentum_members`` builds members whose EMA teacher holds only the heads the teacher needs.
@@ -44,6 +48,7 @@ class BYOLOptions:
     out_dim: int = 256
     last_bn: bool = False
     momentum_teacher: float = 0.996
+    concat_views: bool = False
 
 
 class MLPHead(nn.Sequential):
@@ -91,6 +96,24 @@ def momentum_members(strategy: Strategy, heads: Callable[[nn.Module], dict[str, 
     return sources
 
 
+@dataclass
+class MomentumOutputs:
+    """One member's head outputs on the two views: student predictions q and teacher projections z."""
+
+    q: list[torch.Tensor]
+    z: list[torch.Tensor]
+
+
+def view_passes(network: Callable[[torch.Tensor], torch.Tensor], views: list[torch.Tensor],
+                concat: bool) -> list[torch.Tensor]:
+    """``network`` on each view: one pass per view (batch-norm statistics over each view's N rows, MoCo v3's and
+    BYOL's code), or, with ``concat``, one pass over the views concatenated, split back per view (statistics over
+    all 2N rows, the SDSSL code's SimCLR)."""
+    if not concat:
+        return [network(view) for view in views]
+    return list(network(torch.cat(views)).split([view.shape[0] for view in views]))
+
+
 class MomentumSSL(Strategy):
     """Two views, a student with projector + predictor, an EMA teacher with projector; ``pair_loss(q, z, opts)``
     is the objective of one direction, symmetrised over the two views."""
@@ -118,26 +141,28 @@ class MomentumSSL(Strategy):
     def train_transform(self) -> SimCLRTransform:
         return byol_views(self)
 
-    def _network_passes(self, views) -> dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]]:
-        """Per member: the student's predictions q and the teacher's projections z of both views."""
+    def network_outputs(self, views) -> dict[str, MomentumOutputs]:
+        """Per member: the student's predictions q and the teacher's projections z (no gradient) of both views."""
         outputs = {}
         for name, member in self.members.items():
             student, teacher = member.student, member.teacher.module
-            q = [student["predictor"](student["projector"](student["backbone"](v))) for v in views[:2]]
+            q = view_passes(lambda x: student["predictor"](student["projector"](student["backbone"](x))),
+                            views[:2], self.options.concat_views)
             with torch.no_grad():
-                z = [teacher["projector"](teacher["backbone"](v)) for v in views[:2]]
-            outputs[name] = (q, z)
+                z = view_passes(lambda x: teacher["projector"](teacher["backbone"](x)), views[:2],
+                                self.options.concat_views)
+            outputs[name] = MomentumOutputs(q, z)
         return outputs
 
-    def forward(self, views, labels, indices, step):
-        losses = {}
-        for name, (q, z) in self._network_passes(views).items():
-            losses[f"{name}/loss"] = self.pair_loss(q[0], z[1], self.options) + self.pair_loss(q[1], z[0], self.options)
+    def losses(self, outputs: dict[str, MomentumOutputs], labels, indices, step) -> dict[str, torch.Tensor]:
+        """``<member>/loss``: L_ssl(q1, z2) + L_ssl(q2, z1) (SDSSL Eq. 1 or 2, both directions); ``loss``: the sum."""
+        losses = {f"{name}/loss": self.pair_loss(out.q[0], out.z[1], self.options)
+                  + self.pair_loss(out.q[1], out.z[0], self.options) for name, out in outputs.items()}
         losses["loss"] = sum(losses.values())
         return losses
 
     def network_passes(self, views):
-        return sum(t.float().mean() for q, z in self._network_passes(views).values() for t in (*q, *z))
+        return sum(t.float().mean() for out in self.network_outputs(views).values() for t in (*out.q, *out.z))
 
     def after_step(self, step):
         self.update_teachers(step, self.options.momentum_teacher)
@@ -153,6 +178,7 @@ class MomentumSSL(Strategy):
 class BYOL(MomentumSSL):
     name = "byol"
     Options = BYOLOptions
+    eval_encoder = "student"
 
     @staticmethod
     def pair_loss(q, z, opts):

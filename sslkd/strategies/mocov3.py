@@ -11,7 +11,13 @@ Heads as ``byol`` (MLP with a BatchNorm on every output layer here, ``last_bn`` 
 pair (see ``byol``).
 
 Options (``strategy:``): ``temperature`` (tau, 0.2), ``proj_hidden_dim``, ``pred_hidden_dim``, ``out_dim``,
-``last_bn``, ``momentum_teacher``.
+``last_bn``, ``momentum_teacher``, ``concat_views`` (False: one pass per view, as MoCo v3's and the SDSSL code; True:
+one pass over both views concatenated, batch-norm statistics over 2N).
+
+ViT details of MoCo v3 (and the SDSSL code) are backbone options (``members.<m>.backbone_args``):
+``freeze_patch_embed: true`` and ``pos_embed: sincos`` (see ``sslkd.models.backbones.build_backbone``).
+
+Evaluation: the online (student) encoder by default (``eval.encoder: auto``), as MoCo v3's protocol does.
 """
 
 from __future__ import annotations
@@ -31,12 +37,14 @@ class MoCoV3Options:
     out_dim: int = 256
     last_bn: bool = True
     momentum_teacher: float = 0.996
+    concat_views: bool = False
 
 
 @STRATEGIES.register("mocov3")
 class MoCoV3(MomentumSSL):
     name = "mocov3"
     Options = MoCoV3Options
+    eval_encoder = "student"
 
     @staticmethod
     def pair_loss(q, z, opts):

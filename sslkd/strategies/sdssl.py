@@ -15,6 +15,10 @@ student's own), summed over the two directions (x1 -> x2 and x2 -> x1):
 L_ssl is the base's: 2 - 2 cos (BYOL, Eq. 1) or the InfoNCE ``2 tau CE`` of Algorithm 1 (MoCo v3 and SimCLR,
 Eq. 2; keys gathered over processes). SimCLR has no teacher: its final term contrasts the student's two views with
 gradients on both, and the intermediate layers contrast against the student's own detached final projections.
+With ``simclr_loss: nt_xent`` SimCLR's terms are the SDSSL code's (``pl_train_simclr``): the final term is NT-Xent
+over the 2N rows of both views (each row against the other 2N - 1, tau 0.2, mean over the 2N rows, no 2 tau factor,
+no sum over directions), and L_isd is the mean over layers of the same NT-Xent of [q_l(x1); q_l(x2)] against the
+detached [z_L(x1); z_L(x2)] (``nt_xent_to_targets``).
 alpha(t) rises from 0 to ``alpha`` on a cosine over training, per iteration (Sec. 4.1, Table 5 "ratio anneal").
 Algorithm 1 weights L_pred by L after averaging it over the L layers' rows, which is Eq. 5's sum (no option needed).
 
@@ -36,11 +40,19 @@ Options (``strategy:``), defaults from the paper; the paper-reproduction configs
 - ``temperature`` (tau of InfoNCE, 0.2), ``out_dim``, ``proj_hidden_dim``, ``layer_proj_hidden_dim``,
   ``layer_proj_layers`` (3; Table 6's 2L-MLP is 2), ``pred_hidden_dim``, ``last_bn`` (default: the base's),
   ``momentum_teacher`` (0.996).
+- ``simclr_loss: info_nce | nt_xent`` (SimCLR base only; default info_nce, Algorithm 1's form; nt_xent is the code's).
+- ``concat_views`` (False): one backbone pass over both views concatenated, batch-norm statistics over 2N (the
+  code's SimCLR), instead of one pass per view (the code's MoCo v3 and BYOL).
+ViT details of the code are backbone options (``members.<m>.backbone_args``): ``freeze_patch_embed: true`` (a fixed
+random patch projection) and ``pos_embed: sincos`` (fixed 2-D sine-cosine position embeddings), Sec. 4.1.
+
+Evaluation: the EMA teacher (``eval.encoder: auto``), as the code's k-NN does; SimCLR has only the student.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import torch
@@ -48,9 +60,10 @@ from torch import nn
 
 from sslkd.engine.schedules import cosine
 from sslkd.errors import UserError
-from sslkd.losses.sdssl import info_nce, isd_loss, pred_loss
+from sslkd.losses.contrastive import nt_xent
+from sslkd.losses.sdssl import info_nce, isd_loss, nt_xent_to_targets, pred_loss
 from sslkd.registry import STRATEGIES
-from sslkd.strategies.byol import BYOL, BYOLOptions, MLPHead, MomentumSSL, momentum_members
+from sslkd.strategies.byol import BYOL, BYOLOptions, MLPHead, MomentumSSL, momentum_members, view_passes
 from sslkd.strategies.mocov3 import MoCoV3, MoCoV3Options
 
 
@@ -70,6 +83,8 @@ class SDSSLOptions:
     pred_hidden_dim: int = 4096
     last_bn: bool | None = None
     momentum_teacher: float = 0.996
+    simclr_loss: Literal["info_nce", "nt_xent"] = "info_nce"
+    concat_views: bool = False
 
 
 def alpha_at(step: int, total_steps: int, final: float, schedule: str = "cosine") -> float:
@@ -132,6 +147,22 @@ class LayerOutputs:
     h_layers: list[torch.Tensor]
     q_layers: list[torch.Tensor]
 
+    def split(self, sizes: list[int]) -> list[LayerOutputs]:
+        """The outputs of a pass over concatenated views, as one ``LayerOutputs`` per view of ``sizes`` rows."""
+        h_final, q_final = self.h_final.split(sizes), self.q_final.split(sizes)
+        h_layers, q_layers = [h.split(sizes) for h in self.h_layers], [q.split(sizes) for q in self.q_layers]
+        return [LayerOutputs(h_final[v], q_final[v], [h[v] for h in h_layers], [q[v] for q in q_layers])
+                for v in range(len(sizes))]
+
+
+@dataclass
+class SDSSLOutputs:
+    """One member's head outputs on the two views: ``student`` per view, and the targets z_L per view (the EMA
+    teacher's final projections, without gradient; SimCLR: the student's own h_L, with gradient)."""
+
+    student: list[LayerOutputs]
+    targets: list[torch.Tensor]
+
 
 @STRATEGIES.register("sdssl")
 class SDSSL(MomentumSSL):
@@ -143,6 +174,9 @@ class SDSSL(MomentumSSL):
     def build_members(self) -> dict[str, nn.ModuleDict]:
         opts = self.options
         self.has_predictor = self.has_teacher = opts.base != "simclr"
+        if opts.simclr_loss != "info_nce" and opts.base != "simclr":
+            raise UserError(f"strategy.simclr_loss={opts.simclr_loss} applies to base: simclr, and base is {opts.base}; "
+                            "remove simclr_loss or set strategy.base=simclr")
         if opts.last_bn is None:
             opts.last_bn = BYOLOptions.last_bn if opts.base == "byol" else MoCoV3Options.last_bn
         size, _ = self.crop_sizes()
@@ -190,56 +224,75 @@ class SDSSL(MomentumSSL):
         q_layers = [student["layer_predictors"][_key(n)](h) for n, h in zip(layers, h_layers)]
         return LayerOutputs(h_final, student["predictor"](h_final), h_layers, q_layers)
 
+    def embed_views(self, name: str, views: list[torch.Tensor]) -> list[LayerOutputs]:
+        """``embed`` of each view: one pass per view, or one over the views concatenated (``concat_views``, the
+        SDSSL code's SimCLR: batch-norm statistics over 2N), split back per view."""
+        if not self.options.concat_views:
+            return [self.embed(name, view) for view in views]
+        return self.embed(name, torch.cat(views)).split([view.shape[0] for view in views])
+
     def targets(self, name: str, views: list[torch.Tensor], outputs: list[LayerOutputs]) -> list[torch.Tensor]:
         """z_L of each view: the EMA teacher's final projection (no gradient), or SimCLR's own h_L."""
         if not self.has_teacher:
             return [out.h_final for out in outputs]
         teacher = self.members[name].teacher.module
         with torch.no_grad():
-            return [teacher["projector"](teacher["backbone"](view)) for view in views]
+            return view_passes(lambda x: teacher["projector"](teacher["backbone"](x)), views,
+                               self.options.concat_views)
 
     def predictors(self, name: str) -> list[nn.Module]:
         """pred_l of every distilled layer, then the final predictor (Eq. 5 sums over l = 1..L)."""
         student = self.members[name].student
         return [student["layer_predictors"][_key(n)] for n in self.layer_names[name]] + [student["predictor"]]
 
-    def member_losses(self, name: str, views: list[torch.Tensor], step) -> dict[str, torch.Tensor]:
+    def network_outputs(self, views) -> dict[str, SDSSLOutputs]:
+        """Per member: the student's layer outputs on both views and the targets z_L of both views."""
+        outputs = {}
+        for name in self.members:
+            student = self.embed_views(name, views[:2])
+            outputs[name] = SDSSLOutputs(student, self.targets(name, views[:2], student))
+        return outputs
+
+    def losses(self, outputs: dict[str, SDSSLOutputs], labels, indices, step) -> dict[str, torch.Tensor]:
+        """Per member ``<m>/ssl``, ``<m>/isd`` (with distilled layers), ``<m>/pred`` (with predictors) and
+        ``<m>/loss`` = ssl + alpha(step) isd + beta pred (Eq. 4, 6); ``loss``: the sum over members."""
+        losses: dict[str, torch.Tensor] = {}
+        for name, out in outputs.items():
+            losses.update(self.member_losses(name, out, step))
+        losses["loss"] = sum(losses[f"{name}/loss"] for name in outputs)
+        return losses
+
+    def schedule_values(self, step) -> dict[str, float]:
+        return {"alpha": alpha_at(step.step, step.total_steps, self.options.alpha, self.options.alpha_schedule)}
+
+    def member_losses(self, name: str, out: SDSSLOutputs, step) -> dict[str, torch.Tensor]:
         opts = self.options
-        outputs = [self.embed(name, view) for view in views[:2]]
-        z = self.targets(name, views[:2], outputs)
+        student, z = out.student, out.targets
         directions = ((0, 1), (1, 0))
-        if opts.base == "simclr":
-            ssl = sum(info_nce(outputs[a].q_final, z[b], opts.temperature, detach_keys=False) for a, b in directions)
+        if opts.base == "simclr" and opts.simclr_loss == "nt_xent":
+            ssl = nt_xent(student[0].h_final, student[1].h_final, opts.temperature)
+        elif opts.base == "simclr":
+            ssl = sum(info_nce(student[a].q_final, z[b], opts.temperature, detach_keys=False) for a, b in directions)
         else:
-            ssl = sum(self.base_loss(outputs[a].q_final, z[b]) for a, b in directions)
+            ssl = sum(self.base_loss(student[a].q_final, z[b]) for a, b in directions)
         losses = {f"{name}/ssl": ssl}
         total = ssl
         if self.layer_names[name]:
-            isd = sum(isd_loss(outputs[a].q_layers, z[b], self.base_loss) for a, b in directions)
-            alpha = alpha_at(step.step, step.total_steps, opts.alpha, opts.alpha_schedule)
+            if opts.base == "simclr" and opts.simclr_loss == "nt_xent":
+                both_views = [torch.cat([q1, q2]) for q1, q2 in zip(student[0].q_layers, student[1].q_layers)]
+                isd = isd_loss(both_views, torch.cat(z), partial(nt_xent_to_targets, temperature=opts.temperature))
+            else:
+                isd = sum(isd_loss(student[a].q_layers, z[b], self.base_loss) for a, b in directions)
             losses[f"{name}/isd"] = isd
-            total = total + alpha * isd
+            total = total + self.schedule_values(step)["alpha"] * isd
         if self.has_predictor:
-            predictors = self.predictors(name)
-            pred = sum(pred_loss(predictors, outputs[a].h_layers + [outputs[a].h_final], z[b], self.base_loss)
-                       for a, b in directions)
+            pred = sum(pred_loss(self.predictors(name), student[a].h_layers + [student[a].h_final], z[b],
+                                 self.base_loss) for a, b in directions)
             losses[f"{name}/pred"] = pred
             total = total + opts.beta * pred
         losses[f"{name}/loss"] = total
         return losses
 
-    def forward(self, views, labels, indices, step):
-        losses: dict[str, torch.Tensor] = {}
-        for name in self.members:
-            losses.update(self.member_losses(name, views, step))
-        losses["loss"] = sum(losses[f"{name}/loss"] for name in self.members)
-        return losses
-
     def network_passes(self, views):
-        total = 0.0
-        for name in self.members:
-            outputs = [self.embed(name, view) for view in views[:2]]
-            z = self.targets(name, views[:2], outputs)
-            total = total + sum(t.float().mean() for out in outputs
-                                for t in (out.q_final, *out.q_layers)) + sum(t.float().mean() for t in z)
-        return total
+        return sum(t.float().mean() for out in self.network_outputs(views).values()
+                   for t in (*(q for view in out.student for q in (view.q_final, *view.q_layers)), *out.targets))
