@@ -20,6 +20,7 @@ from conftest import tiny_overrides
 from sslkd.engine.trainer import CHECKPOINT, Trainer
 
 STEPS = 8  # 2 epochs of 4 batches of 16 on the 64-image subset
+KILL_SEED = 17  # draws the step after which the run is killed, and where inside the next step
 RUN = ["train", "--method", "dino", *tiny_overrides("dino", epochs=2), "train.device=cpu",
        "train.checkpoint_every_steps=1", "data.num_workers=2"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
@@ -31,13 +32,30 @@ def sslkd(*args: str) -> subprocess.Popen:
 
 
 def finish(process: subprocess.Popen) -> None:
-    _, stderr = process.communicate(timeout=300)
+    _, stderr = process.communicate(timeout=900)  # generous: the machine may be busy
     assert process.returncode == 0, stderr[-2000:]
 
 
 def logged_steps(run: Path) -> int:
+    """Training steps logged so far: complete lines holding a loss (evaluation records have none)."""
     metrics = run / "metrics.jsonl"
-    return len(metrics.read_text().splitlines()) if metrics.exists() else 0
+    complete_lines = metrics.read_text().split("\n")[:-1] if metrics.exists() else []
+    return sum("loss" in json.loads(line) for line in complete_lines if line)
+
+
+def wait_for_step(process: subprocess.Popen, run: Path, step: int) -> float:
+    """Wait until ``step`` steps of ``run`` are logged; return the shortest time one step took meanwhile, so a
+    delay drawn as a fraction of it lands inside the next step on a fast machine and on a loaded one alike."""
+    seen, seen_at, step_durations = logged_steps(run), time.perf_counter(), []
+    while seen < step:
+        assert process.poll() is None, f"the run ended before step {step}: {process.stderr.read()[-2000:]}"
+        time.sleep(0.005)
+        logged, now = logged_steps(run), time.perf_counter()
+        if logged > seen:
+            if seen > 0:
+                step_durations.append((now - seen_at) / (logged - seen))
+            seen, seen_at = logged, now
+    return min(step_durations, default=0.0)
 
 
 def assert_same_state(a: dict, b: dict) -> None:
@@ -55,10 +73,12 @@ def test_sigkilled_run_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     first = sslkd(*RUN, "--output-dir", str(straight))
     second = sslkd(*RUN, "--output-dir", str(killed))
-    kill_after = random.randint(2, STEPS - 1)  # step k is logged after checkpoint k - 1 is complete
-    while logged_steps(killed) < kill_after and second.poll() is None:
-        time.sleep(0.01)
-    time.sleep(random.uniform(0, 0.3))  # anywhere in the next step, often inside a checkpoint write
+    # seeded: the same kill point on every run. Step k is logged after checkpoint k - 1 is complete; at least
+    # three steps and the final evaluation are left after the kill point, so the kill always lands in the run
+    kill_rng = random.Random(KILL_SEED)
+    kill_after = kill_rng.randint(2, STEPS - 3)
+    step_seconds = wait_for_step(second, killed, kill_after)
+    time.sleep(kill_rng.random() * step_seconds)  # anywhere in the next step, often inside a checkpoint write
     os.killpg(second.pid, signal.SIGKILL)
     second.wait()
     assert not (killed / "summary.json").exists(), f"the run ended before the kill after step {kill_after}"
