@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from sslkd.losses.contrastive import dogo_kd_loss, nt_xent, simsiam_loss, similarity_kl, similarity_logits
 from sslkd.losses.dino import dino_loss, feature_search_loss, multicrop_cross_entropy, teacher_probs, updated_center
 
 
@@ -84,3 +85,80 @@ def test_center_update_is_ema_of_batch_mean():
     center = torch.tensor([[1.0, 0.0]])
     got = updated_center(center, torch.tensor([[3.0, 2.0]]), momentum=0.9)
     assert got[0].tolist() == pytest.approx([0.9 * 1 + 0.1 * 3, 0.1 * 2])
+
+
+# ------------------------------------------------------------------------- contrastive losses in float64 (issue 17)
+
+Z_A = [[0.3, -1.2, 0.7], [1.1, 0.4, -0.5], [-0.8, 0.9, 0.2]]
+Z_B = [[0.5, -0.7, 1.0], [0.9, 0.1, -0.9], [-0.2, 1.3, 0.6]]
+PEER_A = [[1.0, 0.2, -0.3], [-0.4, 0.8, 0.5], [0.6, -0.9, 1.1]]
+PEER_B = [[0.7, 0.5, -0.1], [-0.3, 1.2, 0.2], [0.1, -1.0, 0.8]]
+
+
+def cosine(a, b):
+    return sum(x * y for x, y in zip(a, b)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+
+def similarity_rows(z_a, z_b, tau):
+    """Row softmax of sim(Z', Z'') / tau, by hand (DoGo Eq. 2-3)."""
+    return [softmax([cosine(a, b) for b in z_b], tau) for a in z_a]
+
+
+def float64(rows):
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def test_nt_xent_keeps_float64_and_matches_eq1_to_1e12():
+    """DoGo Eq. (1) by hand in double precision: anchor k of the 2B = 6 against the other 5, mean over anchors."""
+    z, tau = Z_A + Z_B, 0.3
+    expected = 0.0
+    for k in range(6):
+        positive = (k + 3) % 6
+        denominator = sum(math.exp(cosine(z[k], z[j]) / tau) for j in range(6) if j != k)
+        expected -= math.log(math.exp(cosine(z[k], z[positive]) / tau) / denominator) / 6
+    got = nt_xent(float64(Z_A), float64(Z_B), tau)
+    assert got.dtype == torch.float64 and abs(got.item() - expected) < 1e-12
+
+
+def test_simsiam_loss_keeps_float64_and_matches_eq6_to_1e12():
+    """1/2 D(p', z'') + 1/2 D(p'', z'), D the negative cosine averaged over rows (DoGo Eq. 6), in double."""
+    d = lambda p, z: -sum(cosine(a, b) for a, b in zip(p, z)) / len(p)  # noqa: E731
+    expected = 0.5 * d(PEER_A, Z_B) + 0.5 * d(PEER_B, Z_A)
+    got = simsiam_loss(float64(PEER_A), float64(PEER_B), float64(Z_A), float64(Z_B))
+    assert got.dtype == torch.float64 and abs(got.item() - expected) < 1e-12
+
+
+@pytest.mark.parametrize("reduction", ["row", "all"])
+def test_dogo_kl_keeps_float64_and_matches_eq2_to_1e12(reduction):
+    """D_KL(Q || P) of the similarity distributions (DoGo Eq. 2) per row or over all B^2 entries, one peer, two
+    peers summed and two peers' ensemble, all in double."""
+    tau_kd = 0.2
+    student = similarity_rows(Z_A, Z_B, tau_kd)
+    peer = similarity_rows(PEER_A, PEER_B, tau_kd)
+    peer2 = similarity_rows(Z_B, PEER_A, tau_kd)
+    ensemble = [[(a + b) / 2 for a, b in zip(q1, q2)] for q1, q2 in zip(peer, peer2)]
+    divide = 3 if reduction == "row" else 9
+
+    def kl(target):
+        return sum(q * math.log(q / p) for q_row, p_row in zip(target, student) for q, p in zip(q_row, p_row)) / divide
+
+    logits = similarity_logits(float64(Z_A), float64(Z_B), tau_kd)
+    peers = [similarity_logits(float64(PEER_A), float64(PEER_B), tau_kd),
+             similarity_logits(float64(Z_B), float64(PEER_A), tau_kd)]
+    assert logits.dtype == torch.float64
+    assert abs(logits[0, 1].item() - cosine(Z_A[0], Z_B[1]) / tau_kd) < 1e-12
+    target = torch.softmax(peers[0], dim=-1)
+    checks = [(similarity_kl(target, logits, reduction), kl(peer)),
+              (dogo_kd_loss(logits, peers, "sum", reduction), kl(peer) + kl(peer2)),
+              (dogo_kd_loss(logits, peers, "ensemble", reduction), kl(ensemble))]
+    for got, expected in checks:
+        assert got.dtype == torch.float64 and abs(got.item() - expected) < 1e-12
+
+
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
+def test_contrastive_losses_promote_only_half_precision(half):
+    z_a, z_b = float64(Z_A).to(half), float64(Z_B).to(half)
+    logits = similarity_logits(z_a, z_b, 0.2)
+    losses = [nt_xent(z_a, z_b), simsiam_loss(z_a, z_b, z_b, z_a), logits,
+              dogo_kd_loss(logits, [similarity_logits(z_b, z_a, 0.2)], "ensemble")]
+    assert all(loss.dtype == torch.float32 for loss in losses)
