@@ -68,7 +68,9 @@ class OptimConfig:
 @dataclass
 class MemberConfig:
     """One model of the cohort. ``distill_weight`` is the member's weight on its cross (distillation) terms,
-    e.g. MOKD's lambda_i (Eq. 9). ``paper_name`` names the paper backbone a proxy model stands in for."""
+    e.g. MOKD's lambda_i (Eq. 9). ``paper_name`` names the paper backbone a proxy model stands in for.
+    ``module_optimizers`` gives named modules of the member their own optimiser and schedules (the MOKD code trains
+    the CNN's T-Head with the ViT's AdamW settings); every other parameter uses ``optimizer``."""
 
     backbone: str = "cifar_resnet20"
     backbone_args: dict[str, Any] = field(default_factory=dict)
@@ -77,6 +79,7 @@ class MemberConfig:
     distill_weight: float = 1.0
     paper_name: str | None = None
     optimizer: OptimConfig = field(default_factory=OptimConfig)
+    module_optimizers: dict[str, OptimConfig] = field(default_factory=dict)
 
 
 @dataclass
@@ -237,7 +240,7 @@ def read_yaml(path: str | Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise UserError(f"config file '{path}' is not valid YAML ({str(exc).splitlines()[0]}); fix its syntax") from exc
+        raise UserError(f"config file '{path}' is not valid YAML ({_yaml_problem(exc)}); fix its syntax") from exc
     if not isinstance(data, dict):
         raise UserError(f"config file '{path}' must hold a mapping of keys, not {type(data).__name__}")
     bases = data.pop("_base_", [])
@@ -245,6 +248,13 @@ def read_yaml(path: str | Path) -> dict:
     for base in [bases] if isinstance(bases, str) else bases:
         merged = deep_merge(merged, read_yaml(path.parent / base))
     return deep_merge(merged, data)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What PyYAML found wrong and where, 'line L, column C' counted from 1 as editors do."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else problem
 
 
 def deep_merge(base: dict, update: dict) -> dict:
@@ -309,7 +319,45 @@ def load_config(method: str | None, config_file: str | None, overrides: list[str
     cfg = from_dict(Config, raw)
     if not cfg.members:
         raise UserError("the config defines no members: add a `members:` mapping (name -> backbone, ...)")
+    validate(cfg)
     return cfg
+
+
+def _at_least(path: str, value: float | None, low: float, hint: str) -> None:
+    if value is not None and value < low:
+        raise UserError(f"config key '{path}': {value} is below {low}; {hint}")
+
+
+def _scale_range(path: str, scale: tuple[float, float]) -> None:
+    """A crop scale range (the fraction of the image area a crop keeps) must be 0 < low <= high <= 1."""
+    low, high = scale
+    if 0 < low <= high <= 1:
+        return
+    fix = f"write the smaller number first: {path}=[{high},{low}]" if 0 < high < low <= 1 else f"e.g. {path}=[0.4,1.0]"
+    raise UserError(f"config key '{path}': {list(scale)} is not a range 0 < low <= high <= 1 of the image area a "
+                    f"crop keeps; {fix}")
+
+
+def validate(cfg: Config) -> None:
+    """Reject values that type-check but cannot train (a negative learning rate, zero epochs or batch, an inverted
+    crop scale), before any output directory exists: each would otherwise fail late, or worse, run to nonsense."""
+    _at_least("train.epochs", cfg.train.epochs, 0, "train for at least one epoch")
+    _at_least("train.batch_size", cfg.train.batch_size, 1, "use a batch of at least 1 image per process")
+    _at_least("train.log_every", cfg.train.log_every, 1, "log every 1 or more steps")
+    _at_least("train.checkpoint_every", cfg.train.checkpoint_every, 1, "checkpoint every 1 or more epochs")
+    _at_least("train.checkpoint_every_steps", cfg.train.checkpoint_every_steps, 0, "use 0 (off) or a step count")
+    _at_least("data.num_workers", cfg.data.num_workers, 0, "use 0 (load in the main process) or more workers")
+    _at_least("eval.batch_size", cfg.eval.batch_size, 1, "use a batch of at least 1 image")
+    _at_least("eval.every_epochs", cfg.eval.every_epochs, 0, "use 0 (only at the end) or an epoch count")
+    for k in cfg.eval.knn_k:
+        _at_least("eval.knn_k", k, 1, "list neighbour counts of 1 or more")
+    _scale_range("data.augment.global_scale", cfg.data.augment.global_scale)
+    _scale_range("data.augment.local_scale", cfg.data.augment.local_scale)
+    for name, member in cfg.members.items():
+        opt, path = member.optimizer, f"members.{name}.optimizer"
+        for key in ("lr", "min_lr", "weight_decay", "weight_decay_end", "warmup_epochs", "momentum", "clip_grad"):
+            _at_least(f"{path}.{key}", getattr(opt, key), 0, f"set {path}.{key} to 0 or more (or drop it for the "
+                      "optimiser's default)")
 
 
 def strategy_options(cfg: Config, options_cls: type) -> Any:

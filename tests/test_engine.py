@@ -1,5 +1,6 @@
 """Trainer parts: schedules, optimiser defaults, per-parameter clipping, deterministic views, atomic writes."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -7,16 +8,27 @@ from sslkd.config import OptimConfig
 from sslkd.data.sampling import EpochSampler, SeededViews
 from sslkd.engine.checkpoint import atomic_write
 from sslkd.engine.optim import LARS, clip_per_parameter, param_groups, resolve_optim
-from sslkd.engine.schedules import cosine, ema_momentum, linear_warmup_then_constant, warmup_cosine
+from sslkd.engine.schedules import (
+    cosine,
+    ema_momentum,
+    linear_warmup_then_constant,
+    per_epoch_warmup_then_constant,
+    warmup_cosine,
+)
 
 
 def test_schedules_are_functions_of_the_step():
-    assert warmup_cosine(0, 100, 1.0, 0.1, 10) == 0.0
-    assert warmup_cosine(5, 100, 1.0, 0.1, 10) == pytest.approx(0.5)
+    dino_warmup = np.linspace(0.0, 1.0, 10)  # DINO's cosine_scheduler: base reached at the last warm-up step
+    for step in range(10):
+        assert warmup_cosine(step, 100, 1.0, 0.1, 10) == pytest.approx(dino_warmup[step], abs=1e-15)
     assert warmup_cosine(10, 100, 1.0, 0.1, 10) == pytest.approx(1.0)
     assert warmup_cosine(100, 100, 1.0, 0.1, 10) == pytest.approx(0.1)
     assert cosine(50, 100, 0.04, 0.4) == pytest.approx(0.22)
     assert ema_momentum(0, 100, 0.996) == pytest.approx(0.996) and ema_momentum(100, 100, 0.996) == pytest.approx(1.0)
+    authors = np.concatenate([np.linspace(0.04, 0.07, 3), np.full(5, 0.07)])  # DINO/MOKD code, per epoch
+    assert [per_epoch_warmup_then_constant(e, 3, 0.04, 0.07) for e in range(8)] == pytest.approx(authors, abs=1e-15)
+    assert per_epoch_warmup_then_constant(0, 1, 0.04, 0.07) == 0.04  # linspace(a, b, 1) == [a]
+    assert per_epoch_warmup_then_constant(1, 1, 0.04, 0.07) == 0.07
     assert linear_warmup_then_constant(0, 30, 0.04, 0.07) == 0.04
     assert linear_warmup_then_constant(15, 30, 0.04, 0.07) == pytest.approx(0.055)
     assert linear_warmup_then_constant(30, 30, 0.04, 0.07) == 0.07
@@ -41,7 +53,7 @@ def test_clipping_is_per_parameter_like_dino():
 
 def test_biases_and_norms_get_no_weight_decay():
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
-    regularized, plain = param_groups(model)
+    regularized, plain = param_groups(model.named_parameters())
     assert [p.shape for p in regularized["params"]] == [torch.Size([4, 3])]
     assert len(plain["params"]) == 3 and plain["weight_decay"] == 0.0
 

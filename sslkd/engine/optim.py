@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from sslkd.config import OptimConfig
+from sslkd.config import MemberConfig, OptimConfig
+from sslkd.errors import UserError
 
 # MOKD's settings (METHODS.md): SGD for a CNN, AdamW for a ViT; LARS as DINO trains a ResNet-50.
 OPTIM_DEFAULTS = {
@@ -32,10 +35,10 @@ def resolve_optim(cfg: OptimConfig, backbone_kind: str) -> OptimConfig:
     return OptimConfig(**values)
 
 
-def param_groups(module: nn.Module) -> list[dict]:
+def param_groups(named_params: Iterable[tuple[str, nn.Parameter]]) -> list[dict]:
     """DINO's split: biases and 1-D parameters (norms) get no weight decay; frozen parameters are left out."""
     regularized, not_regularized = [], []
-    for name, param in module.named_parameters():
+    for name, param in named_params:
         if not param.requires_grad:
             continue
         (not_regularized if name.endswith(".bias") or param.ndim == 1 else regularized).append(param)
@@ -71,8 +74,8 @@ class LARS(torch.optim.Optimizer):
                 p.add_(state["mu"], alpha=-group["lr"])
 
 
-def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    groups = param_groups(module)
+def build_optimizer(named_params: Iterable[tuple[str, nn.Parameter]], cfg: OptimConfig) -> torch.optim.Optimizer:
+    groups = param_groups(named_params)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=0.0, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.name == "adamw":
@@ -89,3 +92,42 @@ def clip_per_parameter(params: list[torch.Tensor], max_norm: float) -> None:
     norms = torch.stack(torch._foreach_norm(grads))
     scales = (max_norm / (norms + 1e-6)).clamp_(max=1.0)
     torch._foreach_mul_(grads, list(scales.unbind()))
+
+
+@dataclass
+class MemberOptimizer:
+    """One optimiser of a member: the parameters it steps (in a fixed order), its resolved settings, and the
+    last-layer parameters that DINO's ``freeze_last_layer`` holds still in the first epochs."""
+
+    member: str
+    cfg: OptimConfig
+    params: list[nn.Parameter]
+    last_layer: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+
+
+def member_optimizers(name: str, student: nn.ModuleDict, cfg: MemberConfig, backbone_kind: str) -> dict[str, MemberOptimizer]:
+    """The optimisers of member ``name``, keyed ``name`` (every parameter not claimed by a module optimiser) and
+    ``name/module`` for each of ``cfg.module_optimizers``. Every trainable parameter belongs to exactly one."""
+    named = list(student.named_parameters())
+    parts: dict[str, tuple[OptimConfig, list[tuple[str, nn.Parameter]]]] = {}
+    for module, module_cfg in cfg.module_optimizers.items():
+        if module not in student:
+            raise UserError(
+                f"members.{name}.module_optimizers.{module}: member {name!r} has no module {module!r}; "
+                f"its modules are {sorted(student.keys())}"
+            )
+        parts[f"{name}/{module}"] = (resolve_optim(module_cfg, backbone_kind), [(n, p) for n, p in named if n.startswith(f"{module}.")])
+    claimed = {id(p) for _, owned in parts.values() for _, p in owned}
+    parts[name] = (resolve_optim(cfg.optimizer, backbone_kind), [(n, p) for n, p in named if id(p) not in claimed])
+    order = [name] + [key for key in parts if key != name]
+    return {
+        key: MemberOptimizer(
+            member=name,
+            cfg=opt_cfg,
+            params=[p for _, p in owned],
+            last_layer=[p for n, p in owned if "last_layer" in n],
+            optimizer=build_optimizer(owned, opt_cfg),
+        )
+        for key, (opt_cfg, owned) in ((key, parts[key]) for key in order)
+    }

@@ -36,7 +36,7 @@ from sslkd.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from sslkd.engine.optim import build_optimizer, clip_per_parameter, resolve_optim
+from sslkd.engine.optim import MemberOptimizer, clip_per_parameter, member_optimizers, resolve_optim
 from sslkd.engine.performance import autocast, autocast_dtype, prepare_members
 from sslkd.engine.schedules import cosine, warmup_cosine
 from sslkd.errors import UserError
@@ -128,14 +128,13 @@ class Trainer:
         dist.broadcast_state(self.strategy)
         for member in self.strategy.members.values():
             member.cfg.optimizer = resolve_optim(member.cfg.optimizer, member.kind)
+            member.cfg.module_optimizers = {
+                module: resolve_optim(module_cfg, member.kind) for module, module_cfg in member.cfg.module_optimizers.items()
+            }
         prepare_members(self.strategy, cfg.train)
-        self.optimizers = {
-            name: build_optimizer(member.student, member.cfg.optimizer) for name, member in self.strategy.members.items()
-        }
-        self.student_params = {name: list(m.student.parameters()) for name, m in self.strategy.members.items()}
-        self.last_layer_params = {
-            name: [p for n, p in m.student.named_parameters() if "last_layer" in n] for name, m in self.strategy.members.items()
-        }
+        self.optimizers: dict[str, MemberOptimizer] = {}
+        for name, member in self.strategy.members.items():
+            self.optimizers.update(member_optimizers(name, member.student, member.cfg, member.kind))
         self.autocast_dtype = autocast_dtype(cfg.train, self.device)
         self.use_amp = self.autocast_dtype == torch.float16  # fp16 needs loss scaling; bf16 does not
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
@@ -167,18 +166,19 @@ class Trainer:
         """lr (warm-up + cosine) and weight decay (cosine) of every member at this global step."""
         lrs = {}
         batch_scale = self.cfg.train.batch_size * dist.world_size() / 256.0
-        for name, member in self.strategy.members.items():
-            opt_cfg = member.cfg.optimizer
+        for key, part in self.optimizers.items():
+            opt_cfg = part.cfg
             lr = warmup_cosine(
                 info.step, info.total_steps, opt_cfg.lr * batch_scale, opt_cfg.min_lr,
                 min(info.epochs_to_steps(opt_cfg.warmup_epochs), info.total_steps),
             )
             wd = cosine(info.step, info.total_steps, opt_cfg.weight_decay, opt_cfg.weight_decay_end)
-            for group in self.optimizers[name].param_groups:
+            for group in part.optimizer.param_groups:
                 group["lr"] = lr
                 if group["regularized"]:
                     group["weight_decay"] = wd
-            lrs[name] = lr
+            lrs[key] = lr
+        self.schedule_values = self.strategy.schedule_values(info)
         return lrs
 
     # ----------------------------------------------------------------------------------------------- one step
@@ -195,20 +195,18 @@ class Trainer:
         if not bool(torch.isfinite(values).all()):
             self.strategy.discard_deferred()
             return self._non_finite(reported, info)
-        for optimizer in self.optimizers.values():
-            optimizer.zero_grad(set_to_none=True)
+        for part in self.optimizers.values():
+            part.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["loss"]).backward()
-        for name, member in self.strategy.members.items():
-            optimizer = self.optimizers[name]
-            opt_cfg = member.cfg.optimizer
-            dist.average_gradients(self.student_params[name])
-            self.scaler.unscale_(optimizer)
-            if opt_cfg.clip_grad:
-                clip_per_parameter(self.student_params[name], opt_cfg.clip_grad)
-            if info.epoch < opt_cfg.freeze_last_layer_epochs:
-                for param in self.last_layer_params[name]:
+        for part in self.optimizers.values():
+            dist.average_gradients(part.params)
+            self.scaler.unscale_(part.optimizer)
+            if part.cfg.clip_grad:
+                clip_per_parameter(part.params, part.cfg.clip_grad)
+            if info.epoch < part.cfg.freeze_last_layer_epochs:
+                for param in part.last_layer:
                     param.grad = None
-            self.scaler.step(optimizer)
+            self.scaler.step(part.optimizer)
         self.scaler.update()
         self.strategy.apply_deferred()
         self.strategy.after_step(info)
@@ -322,6 +320,7 @@ class Trainer:
         values = torch.stack([losses[n].detach().float() for n in names]).tolist()
         record = {"step": self.step, "epoch": epoch, **dict(zip(names, values))}
         record.update({f"lr/{name}": lr for name, lr in lrs.items()})
+        record.update(self.schedule_values)
         record["images_per_s"] = images_per_s
         self._write_metrics(record)
         if not self.console.is_terminal and dist.is_main_process():
@@ -376,7 +375,7 @@ class Trainer:
                 "wall_time_s": self.wall_time,
                 "skipped_steps": self.skipped_steps,
                 "strategy": self.strategy.state_dict(),
-                "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+                "optimizers": {key: part.optimizer.state_dict() for key, part in self.optimizers.items()},
                 "scaler": self.scaler.state_dict(),
                 "rng": rngs,
             })
@@ -384,8 +383,8 @@ class Trainer:
     def _restore(self, state: dict) -> None:
         try:
             self.strategy.load_state_dict(state["strategy"])
-            for name, optimizer in self.optimizers.items():
-                optimizer.load_state_dict(state["optimizers"][name])
+            for key, part in self.optimizers.items():
+                part.optimizer.load_state_dict(state["optimizers"][key])
         except (KeyError, RuntimeError, ValueError) as exc:
             raise UserError(
                 f"checkpoint in {self.run_dir} does not match its config.yaml ({type(exc).__name__}); "

@@ -5,17 +5,20 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from sslkd.losses.precision import loss_precision
+
 
 def teacher_probs(logits: torch.Tensor, temperature: float, center: torch.Tensor | None = None) -> torch.Tensor:
     """Teacher distribution softmax((t - c) / tau_t), detached (DINO; MOKD Eq. 1 with tau')."""
+    logits = loss_precision(logits.detach())
     if center is not None:
         logits = logits - center
-    return F.softmax(logits.detach().float() / temperature, dim=-1)
+    return F.softmax(logits / temperature, dim=-1)
 
 
 def soft_cross_entropy(target: torch.Tensor, student_logits: torch.Tensor, student_temp: float) -> torch.Tensor:
     """Mean over rows of H(target, softmax(s / tau_s)) = -sum_k target_k log p_k (MOKD Algorithm 1, ``H``)."""
-    log_p = F.log_softmax(student_logits.float() / student_temp, dim=-1)
+    log_p = F.log_softmax(loss_precision(student_logits) / student_temp, dim=-1)
     return -(target * log_p).sum(dim=-1).mean()
 
 
@@ -33,7 +36,7 @@ def multicrop_cross_entropy(
     local crops this is MOKD Eq. (2): -1/2 (m'_b log m_a + m'_a log m_b). The student log-softmax is computed
     once and shared by every pair.
     """
-    log_p = F.log_softmax(student_logits.float() / student_temp, dim=-1).chunk(n_student_crops)
+    log_p = F.log_softmax(loss_precision(student_logits) / student_temp, dim=-1).chunk(n_student_crops)
     teacher = teacher_target.chunk(n_teacher_crops)
     terms = [-(target * log_p[v]).sum(dim=-1).mean() for q, target in enumerate(teacher) for v in range(n_student_crops) if v != q]
     return torch.stack(terms).mean()

@@ -36,7 +36,10 @@ def _init_linear(module: nn.Module) -> None:
 class DINOHead(nn.Module):
     """MLP (d -> hidden -> hidden -> bottleneck, GELU), L2-normalise, weight-normed Linear(bottleneck, K).
 
-    The final layer is named ``last_layer`` so the trainer can freeze it during the first epoch (DINO).
+    ``use_bn`` puts BatchNorm after each hidden Linear, as the authors' DINOHead allows: a small CNN's pooled
+    features start almost parallel, and without it the centred teacher targets are nearly uniform and training
+    collapses to loss = ln K. The final layer is named ``last_layer`` so the trainer can freeze it during the
+    first epoch (DINO).
     """
 
     def __init__(
@@ -47,6 +50,7 @@ class DINOHead(nn.Module):
         bottleneck_dim: int = 256,
         nlayers: int = 3,
         norm_last_layer: bool = True,
+        use_bn: bool = False,
     ):
         super().__init__()
         dims = [in_dim] + [hidden_dim] * (nlayers - 1) + [bottleneck_dim]
@@ -54,6 +58,8 @@ class DINOHead(nn.Module):
         for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
             layers.append(nn.Linear(a, b))
             if i < nlayers - 1:
+                if use_bn:
+                    layers.append(nn.BatchNorm1d(b))
                 layers.append(nn.GELU())
         self.mlp = nn.Sequential(*layers)
         self.mlp.apply(_init_linear)

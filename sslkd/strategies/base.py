@@ -18,6 +18,7 @@ from sslkd.engine.distributed import all_reduce_mean
 from sslkd.errors import UserError
 from sslkd.engine.schedules import ema_momentum
 from sslkd.losses.dino import updated_center
+from sslkd.losses.precision import loss_precision
 from sslkd.models.backbones import build_backbone
 from sslkd.models.teacher import EMATeacher
 
@@ -221,7 +222,7 @@ class Centers(nn.Module):
 
     @torch.no_grad()
     def update(self, key: str, teacher_logits: torch.Tensor, momentum: float) -> None:
-        batch_mean = all_reduce_mean(teacher_logits.float().mean(dim=0, keepdim=True))
+        batch_mean = all_reduce_mean(loss_precision(teacher_logits).mean(dim=0, keepdim=True))
         self[key].copy_(updated_center(self[key], batch_mean, momentum))
 
 

@@ -2,16 +2,26 @@
 
 Each member is trained alone: student over all crops, EMA teacher over the global crops, DINO loss with
 centering and sharpening (MOKD Eq. 2 is this loss with two views).
+
+Options beyond the paper's text (METHODS.md):
+- ``teacher_temp_schedule``: ``per_epoch`` (default) is the DINO code's ``linspace(warmup_teacher_temp,
+  teacher_temp, W)`` indexed by the epoch (constant within an epoch, final value at epoch W-1, W an integer);
+  ``per_step`` ramps linearly over the steps of W epochs (W may be fractional, for short proxy runs).
+- ``use_bn_in_head``: BatchNorm in the head's MLP (the authors' ``DINOHead(use_bn=...)``; off in their configs).
+- ``norm_last_layer_per_member``: ``norm_last_layer`` of one member's head (the MOKD code builds the ViT's with
+  False and the CNN's with True).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
+from typing import Literal
 
 import torch
 
-from sslkd.engine.schedules import linear_warmup_then_constant
+from sslkd.engine.schedules import linear_warmup_then_constant, per_epoch_warmup_then_constant
+from sslkd.errors import UserError
 from sslkd.losses.dino import dino_loss
 from sslkd.models.heads import DINOHead
 from sslkd.registry import STRATEGIES
@@ -24,20 +34,43 @@ class DINOOptions:
     hidden_dim: int = 2048
     bottleneck_dim: int = 256
     norm_last_layer: bool = True
+    norm_last_layer_per_member: dict[str, bool] = field(default_factory=dict)
+    use_bn_in_head: bool = False
     momentum_teacher: float = 0.996
     student_temp: float = 0.1
     warmup_teacher_temp: float = 0.04
     teacher_temp: float = 0.07
     warmup_teacher_temp_epochs: float = 30
+    teacher_temp_schedule: Literal["per_epoch", "per_step"] = "per_epoch"
     center_momentum: float = 0.9
 
 
-def teacher_temperature(step: StepInfo, warmup_epochs: float, start: float, end: float) -> float:
-    return linear_warmup_then_constant(step.step, step.epochs_to_steps(warmup_epochs), start, end)
+def teacher_temperature(step: StepInfo, options: DINOOptions, warmup_epochs: float | None = None) -> float:
+    """tau_t at ``step`` under ``options`` (warm-up of ``warmup_epochs``, default the options' own)."""
+    warmup = options.warmup_teacher_temp_epochs if warmup_epochs is None else warmup_epochs
+    if options.teacher_temp_schedule == "per_epoch":
+        return per_epoch_warmup_then_constant(step.epoch, int(warmup), options.warmup_teacher_temp, options.teacher_temp)
+    return linear_warmup_then_constant(step.step, step.epochs_to_steps(warmup), options.warmup_teacher_temp, options.teacher_temp)
 
 
-def dino_head(in_dim: int, options) -> DINOHead:
-    return DINOHead(in_dim, options.out_dim, options.hidden_dim, options.bottleneck_dim, norm_last_layer=options.norm_last_layer)
+def check_dino_options(options: DINOOptions, members, warmups: dict[str, float]) -> None:
+    """Per-epoch warm-ups index linspace by the epoch, so they need whole epochs; per-member settings need members."""
+    unknown = set(options.norm_last_layer_per_member) - set(members)
+    if unknown:
+        raise UserError(f"strategy.norm_last_layer_per_member names unknown members {sorted(unknown)}; members are {sorted(members)}")
+    if options.teacher_temp_schedule == "per_epoch":
+        for key, epochs in warmups.items():
+            if epochs != int(epochs):
+                raise UserError(
+                    f"strategy.{key}={epochs}: the per-epoch teacher-temperature warm-up needs whole epochs; "
+                    "round it, or set strategy.teacher_temp_schedule=per_step"
+                )
+
+
+def dino_head(in_dim: int, options: DINOOptions, member: str) -> DINOHead:
+    norm_last_layer = options.norm_last_layer_per_member.get(member, options.norm_last_layer)
+    return DINOHead(in_dim, options.out_dim, options.hidden_dim, options.bottleneck_dim,
+                    norm_last_layer=norm_last_layer, use_bn=options.use_bn_in_head)
 
 
 @STRATEGIES.register("dino")
@@ -50,25 +83,13 @@ class DINO(Strategy):
     def __init__(self, cfg, info):
         super().__init__(cfg, info)
         opts = self.options
-        self.add_members(lambda name, backbone, rate: {"dino": dino_head(backbone.num_features, opts)}, ema_teacher=True)
+        check_dino_options(opts, cfg.members, {"warmup_teacher_temp_epochs": opts.warmup_teacher_temp_epochs})
+        self.add_members(lambda name, backbone, rate: {"dino": dino_head(backbone.num_features, opts, name)}, ema_teacher=True)
         self.centers = Centers([f"{name}/dino" for name in self.members], opts.out_dim)
 
-    def forward(self, views, labels, indices, step):
-        opts = self.options
-        n_global = self.cfg.data.augment.n_global
-        tau_t = teacher_temperature(step, opts.warmup_teacher_temp_epochs, opts.warmup_teacher_temp, opts.teacher_temp)
-        losses: dict[str, torch.Tensor] = {}
-        for name, (student_logits, teacher_logits) in self._network_passes(views).items():
-            losses[f"{name}/loss"] = dino_loss(
-                student_logits, teacher_logits, self.centers[f"{name}/dino"], len(views), n_global, opts.student_temp, tau_t
-            )
-            self.defer(partial(self.centers.update, f"{name}/dino", teacher_logits.detach(), opts.center_momentum))
-        losses["loss"] = sum(losses[f"{name}/loss"] for name in self.members)
-        return losses
-
-    def _network_passes(self, views) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Per member: the student head over every crop (one backbone pass per resolution), the EMA teacher's
-        over the global crops."""
+    def network_outputs(self, views):
+        """Per member: the student head over every crop (one backbone pass per resolution, globals first), the
+        EMA teacher's head over the global crops."""
         groups = group_by_resolution(views)
         global_batch = groups[0][2][: self.cfg.data.augment.n_global * views[0].shape[0]]
         outputs = {}
@@ -77,11 +98,29 @@ class DINO(Strategy):
             student_logits = torch.cat([student["dino"](student["backbone"](batch)) for _, _, batch in groups])
             with torch.no_grad():
                 teacher = member.teacher.module
-                outputs[name] = student_logits, teacher["dino"](teacher["backbone"](global_batch))
+                teacher_logits = teacher["dino"](teacher["backbone"](global_batch))
+            outputs[name] = {"student": student_logits, "teacher": teacher_logits, "n_crops": len(views)}
         return outputs
 
+    def losses(self, outputs, labels, indices, step):
+        opts = self.options
+        tau_t = teacher_temperature(step, opts)
+        losses: dict[str, torch.Tensor] = {}
+        for name, out in outputs.items():
+            key = f"{name}/dino"
+            losses[f"{name}/loss"] = dino_loss(
+                out["student"], out["teacher"], self.centers[key], out["n_crops"], self.cfg.data.augment.n_global,
+                opts.student_temp, tau_t,
+            )
+            self.defer(partial(self.centers.update, key, out["teacher"].detach(), opts.center_momentum))
+        losses["loss"] = sum(losses[f"{name}/loss"] for name in outputs)
+        return losses
+
+    def schedule_values(self, step):
+        return {"teacher_temp": teacher_temperature(step, self.options)}
+
     def network_passes(self, views):
-        return sum(student.float().mean() for student, _ in self._network_passes(views).values())
+        return sum(out["student"].float().mean() for out in self.network_outputs(views).values())
 
     def after_step(self, step):
         self.update_teachers(step, self.options.momentum_teacher)

@@ -41,7 +41,7 @@ from sslkd.losses.dino import dino_loss, feature_search_loss
 from sslkd.models.heads import THead
 from sslkd.registry import STRATEGIES
 from sslkd.strategies.base import Centers, Member, Strategy, group_by_resolution
-from sslkd.strategies.dino import DINOOptions, dino_head, teacher_temperature
+from sslkd.strategies.dino import DINOOptions, check_dino_options, dino_head, teacher_temperature
 
 
 @dataclass
@@ -79,6 +79,8 @@ class MOKD(Strategy):
             raise UserError(
                 f"strategy.self_warmup_teacher_temp_epochs names unknown members {sorted(unknown)}; members are {sorted(cfg.members)}"
             )
+        warmups = {f"self_warmup_teacher_temp_epochs.{name}": w for name, w in opts.self_warmup_teacher_temp_epochs.items()}
+        check_dino_options(opts, cfg.members, {"warmup_teacher_temp_epochs": opts.warmup_teacher_temp_epochs, **warmups})
         if opts.feature_search == "code" and cfg.data.augment.n_local == 0:
             raise UserError("strategy.feature_search=code searches from local crops: set data.augment.n_local > 0")
         self.n_global = cfg.data.augment.n_global
@@ -97,27 +99,27 @@ class MOKD(Strategy):
                 grid=token_grid(backbone, global_size),
                 drop_path_rate=drop_path_rate,
             )
-            return {"dino": dino_head(backbone.num_features, opts), "thead": thead}
+            return {"dino": dino_head(backbone.num_features, opts, name), "thead": thead}
 
         self.add_members(heads, ema_teacher=True)
         keys = [f"{name}/dino" for name in self.members]
         self.centers = Centers(keys, opts.out_dim)
         self.thead_centers = Centers([f"{name}/thead" for name in self.members], thead_out)
 
-    def forward(self, views, labels, indices, step):
+    def self_teacher_temperature(self, step, name: str) -> float:
+        """tau_t of member ``name``'s self terms (the code warms the CNN's up over 50 epochs, the rest over 30)."""
         opts = self.options
-        n_crops = len(views)
-        students, teachers, searched = self._network_passes(views)
-        tau_cross = teacher_temperature(step, opts.warmup_teacher_temp_epochs, opts.warmup_teacher_temp, opts.teacher_temp)
+        return teacher_temperature(step, opts, opts.self_warmup_teacher_temp_epochs.get(name, opts.warmup_teacher_temp_epochs))
+
+    def losses(self, outputs, labels, indices, step):
+        opts = self.options
+        students, teachers, searched = outputs["students"], outputs["teachers"], outputs["searched"]
+        n_crops = outputs["n_crops"]
+        tau_cross = teacher_temperature(step, opts)
         losses: dict[str, torch.Tensor] = {}
         for name, member in self.members.items():
             s, t = students[name], teachers[name]
-            tau_self = teacher_temperature(
-                step,
-                opts.self_warmup_teacher_temp_epochs.get(name, opts.warmup_teacher_temp_epochs),
-                opts.warmup_teacher_temp,
-                opts.teacher_temp,
-            )
+            tau_self = self.self_teacher_temperature(step, name)
             peers = [p for p in self.members if p != name]
             sm = dino_loss(s["mlp"], t["mlp"], self.centers[f"{name}/dino"], n_crops, 2, opts.student_temp, tau_self)
             st = dino_loss(s["thead"], t["thead"], self.thead_centers[f"{name}/thead"], n_crops, 2, opts.student_temp, tau_self)
@@ -137,9 +139,15 @@ class MOKD(Strategy):
         losses["loss"] = sum(losses[f"{name}/loss"] for name in self.members)
         return losses
 
-    def _network_passes(self, views):
+    def schedule_values(self, step):
+        values = {f"teacher_temp/{name}/self": self.self_teacher_temperature(step, name) for name in self.members}
+        values["teacher_temp/cross"] = teacher_temperature(step, self.options)
+        return values
+
+    def network_outputs(self, views):
         """Every network pass a MOKD step needs: students over all crops (one backbone pass per resolution), EMA
-        teachers over the global crops, and each peer teacher's T-Head over the searched sequences (Eq. 6)."""
+        teachers over the global crops, and each peer teacher's T-Head over the searched sequences (Eq. 6).
+        ``searched[name, peer]`` is (student T-Head rows, searched peer-teacher output), the pair L_ct compares."""
         batch = views[0].shape[0]
         groups = group_by_resolution(views)
         global_batch = groups[0][2][: 2 * batch]
@@ -154,10 +162,11 @@ class MOKD(Strategy):
             for peer in self.members
             if peer != name
         }
-        return students, teachers, searched
+        return {"students": students, "teachers": teachers, "searched": searched, "n_crops": len(views)}
 
     def network_passes(self, views):
-        students, _, searched = self._network_passes(views)
+        out = self.network_outputs(views)
+        students, searched = out["students"], out["searched"]
         outputs = [s[k] for s in students.values() for k in ("mlp", "thead")] + [t for pair in searched.values() for t in pair]
         return sum(o.float().mean() for o in outputs)
 
