@@ -337,4 +337,4 @@ def _call_with(root: nn.Module, tensors: dict[str, torch.Tensor], closure):
 
 def gate_weights(gate: nn.Module, features: list[torch.Tensor]) -> torch.Tensor:
     """w_m = softmax(G_m(concat(F_m^[1..L]))) (MCL Eq. 17): [B, L], each row sums to 1."""
-    return F.softmax(gate(torch.cat(features, dim=1)).float(), dim=1)
+    return F.softmax(loss_precision(gate(torch.cat(features, dim=1))), dim=1)
