@@ -132,3 +132,48 @@ def test_every_registered_cifar_backbone_runs(name):
     pooled, tokens, grid = model.forward_tokens(torch.randn(2, 3, 32, 32))
     assert pooled.shape == (2, model.num_features) and tokens.shape == (2, 64, model.token_dim) and grid == (8, 8)
     assert pooled.isfinite().all()
+
+
+def test_sincos_pos_embed_is_moco_v3s_fixed_table_with_a_zero_cls_row():
+    model = build_backbone("vit_tiny_patch16_224", pos_embed="sincos", **TINY_VIT).model
+    # MoCo v3 / the SDSSL code's build_2d_sincos_position_embedding, written out: patch (y, x) of the 8 x 8 grid
+    # gets [sin(y w), cos(y w), sin(x w), cos(x w)], w_d = 10000^(-d / (D/4))
+    quarter = TINY_VIT["embed_dim"] // 4
+    omega = 1.0 / 10000.0 ** (torch.arange(quarter, dtype=torch.float32) / quarter)
+    grid_w, grid_h = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
+    out_w, out_h = grid_w.flatten()[:, None] * omega, grid_h.flatten()[:, None] * omega
+    table = torch.cat([out_w.sin(), out_w.cos(), out_h.sin(), out_h.cos()], dim=1)
+    expected = torch.cat([torch.zeros(1, TINY_VIT["embed_dim"]), table])[None]
+    torch.testing.assert_close(model.pos_embed, expected, rtol=0, atol=1e-6)
+    assert not model.pos_embed.requires_grad
+
+
+def test_freeze_patch_embed_is_a_fixed_xavier_uniform_projection_out_of_the_optimiser_and_without_gradient():
+    from sslkd.config import OptimConfig
+    from sslkd.engine.optim import build_optimizer
+
+    backbone = build_backbone("vit_tiny_patch16_224", freeze_patch_embed=True, pos_embed="sincos", **TINY_VIT)
+    model = backbone.model
+    proj = model.patch_embed.proj
+    bound = (6.0 / (3 * 4 * 4 + TINY_VIT["embed_dim"])) ** 0.5  # MoCo v3's init of the random projection
+    assert proj.weight.abs().max() <= bound and proj.weight.abs().max() > 0.9 * bound and not proj.bias.any()
+    frozen = [proj.weight, proj.bias, model.pos_embed]
+    assert not any(p.requires_grad for p in frozen)
+    before = [p.clone() for p in frozen]
+    optimizer = build_optimizer(backbone.named_parameters(), OptimConfig(name="adamw", weight_decay=0.1))
+    in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert not in_optimizer & {id(p) for p in frozen}
+    assert model.cls_token.requires_grad and id(model.cls_token) in in_optimizer
+    for group in optimizer.param_groups:
+        group["lr"] = 0.1
+    backbone(torch.randn(2, 3, 32, 32)).square().sum().backward()
+    assert all(p.grad is None for p in frozen) and model.blocks[0].attn.qkv.weight.grad is not None
+    optimizer.step()
+    assert all(torch.equal(a, p) for a, p in zip(before, frozen))
+
+
+@pytest.mark.parametrize("name, overrides", [("cifar_resnet20", {"freeze_patch_embed": True}),
+                                             ("resnet18", {"pos_embed": "sincos"})])
+def test_vit_options_rejected_for_cnns(name, overrides):
+    with pytest.raises(UserError, match="apply to timm ViTs"):
+        build_backbone(name, **overrides)

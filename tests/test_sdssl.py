@@ -13,7 +13,7 @@ from sslkd.cli import main
 from sslkd.config import load_config
 from sslkd.data import DatasetInfo
 from sslkd.errors import UserError
-from sslkd.losses.sdssl import byol_loss, info_nce, isd_loss, pred_loss
+from sslkd.losses.sdssl import byol_loss, info_nce, isd_loss, nt_xent_to_targets, pred_loss
 from sslkd.registry import STRATEGIES
 from sslkd.strategies.base import StepInfo
 from sslkd.strategies.sdssl import alpha_at, select_layers
@@ -175,3 +175,45 @@ def test_runs_end_to_end_with_each_base(base, tmp_path):
     assert summary["method"] == "sdssl" and 0 <= summary["members"]["vit"]["knn_top1"] <= 100
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any("vit/isd" in m for m in metrics)
+
+
+def test_losses_keep_float64_and_promote_half_precision():
+    torch.manual_seed(0)
+    q, z = torch.randn(6, 5, dtype=torch.float64), torch.randn(6, 5, dtype=torch.float64)
+    for loss in (byol_loss(q, z), info_nce(q, z, 0.3), nt_xent_to_targets(q, z, 0.3)):
+        assert loss.dtype == torch.float64
+    assert byol_loss(q.bfloat16(), z.bfloat16()).dtype == torch.float32
+    assert nt_xent_to_targets(q.half(), z.half()).dtype == torch.float32
+
+
+def test_nt_xent_to_targets_leaves_out_the_own_column_and_detaches_the_targets():
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    k = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]], requires_grad=True)
+    # row i: its own column i is dropped; its positive is key (i + 2) mod 4, the other view of its image
+    def row(cosines_left, positive_cosine):
+        return torch.logsumexp(torch.tensor(cosines_left) / 0.2, 0) - positive_cosine / 0.2
+
+    rows = [row([1.0, 0.0, 0.0], 0.0),  # q0 = (1, 0) against keys 1, 2, 3; positive key 2
+            row([0.0, 1.0, 1.0], 1.0),  # q1 = (0, 1) against keys 0, 2, 3; positive key 3
+            row([1.0, 1.0, 0.0], 1.0),  # q2 = (1, 0) against keys 0, 1, 3; positive key 0
+            row([0.0, 0.0, 1.0], 0.0)]  # q3 = (0, 1) against keys 0, 1, 2; positive key 1
+    loss = nt_xent_to_targets(q, k, 0.2)
+    assert loss.item() == pytest.approx(torch.stack(rows).mean().item(), abs=1e-5)
+    loss.backward()
+    assert k.grad is None and q.grad is not None
+
+
+def test_concat_views_is_one_pass_with_batch_statistics_over_both_views():
+    strategy = build(extra=["strategy.base=simclr", "strategy.concat_views=true", "members.vit.drop_path_rate=0.0"])
+    x1, x2 = views()
+    per_view = strategy.network_outputs([x1, x2])["vit"].student
+    joint = strategy.embed("vit", torch.cat([x1, x2]))
+    torch.testing.assert_close(per_view[0].h_final, joint.h_final[:4])
+    torch.testing.assert_close(per_view[1].q_layers[1], joint.q_layers[1][4:])
+    strategy.options.concat_views = False  # one pass per view: projector BN statistics over N rows differ
+    assert not torch.allclose(strategy.network_outputs([x1, x2])["vit"].student[0].h_final, per_view[0].h_final)
+
+
+def test_simclr_loss_needs_the_simclr_base():
+    with pytest.raises(UserError, match="simclr_loss"):
+        build(extra=["strategy.base=mocov3", "strategy.simclr_loss=nt_xent"])
