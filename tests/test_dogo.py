@@ -19,8 +19,9 @@ from sslkd.registry import STRATEGIES
 from sslkd.report import compare_table, load_paper_numbers, load_runs
 from sslkd.report.tables import dogo_table1
 from sslkd.strategies.dogo import DoGoOptions
-from sslkd.strategies.simclr import SimCLR
+from sslkd.strategies.simclr import PairOutputs, SimCLR
 from sslkd.strategies.simsiam import SimSiam
+from two_view_equations import assert_same_gradients, kl_eq2, nt_xent_eq1, similarity_distribution, simsiam_eq6
 
 ZOO = Path(__file__).resolve().parents[1] / "zoo_configs"
 INFO = DatasetInfo("fake", 10, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), tuple(str(i) for i in range(10)))
@@ -253,6 +254,118 @@ def test_zoo_configs_set_the_code_choices():
     assert len(names) == 14 and {p.name for p in (ZOO / "simclr").glob("tinyimagenet_*.yaml")} == {
         f"tinyimagenet_{n}.yaml" for n in ("r50", "r34", "r18", "wrn_28_2", "wrn_16_2", "wrn_10_2")}
 
+
+# ------------------------------------------------------------------ wiring: one step against the paper's equations
+
+WIRING_LAMBDAS = {"small": 100.0, "large": 0.3, "third": 2.0}  # lambda_i of Eq. (4-5), one per peer
+TAU_C, TAU_KD = 0.3, 0.2  # tau_c of Eq. (1) and tau_kd of Eq. (2-3), neither the default 0.5 nor equal
+WIRING_CASES = {
+    "code KL (mean over B^2), per-peer views": dict(kd_reduction="all", views="per_peer"),
+    "paper KL (per row), shared views": dict(kd_reduction="row", views="shared"),
+    "SimCLR + SimSiam peers": dict(objectives={"large": "simsiam"}, kd_reduction="row", views="per_peer"),
+    "two SimSiam peers, target from predictions": dict(objectives={"small": "simsiam", "large": "simsiam"},
+                                                       kd_reduction="all", views="per_peer", simsiam_target="paper"),
+    "two SimSiam peers, target from projections": dict(objectives={"small": "simsiam", "large": "simsiam"},
+                                                       kd_reduction="all", views="per_peer", simsiam_target="code"),
+    "three peers, sum over peers": dict(objectives={"third": "simsiam"}, kd_reduction="all", views="per_peer",
+                                        multi_peer="sum"),
+    "three peers, peers' ensemble": dict(objectives={"third": "simsiam"}, kd_reduction="row", views="per_peer",
+                                         multi_peer="ensemble"),
+}
+
+
+def head_outputs_by_hand(strategy, views_: list[torch.Tensor], objectives: dict, per_peer: bool) -> dict:
+    """Peer i's projections z = g(f(x)) (and SimSiam predictions p = h(z)) on its own views 2i, 2i+1 (per peer) or
+    on views 0, 1 (shared)."""
+    outputs = {}
+    for index, (name, member) in enumerate(strategy.members.items()):
+        student, first = member.student, 2 * index if per_peer else 0
+        z = [student["projector"](student["backbone"](view)) for view in views_[first:first + 2]]
+        p = [student["predictor"](projection) for projection in z] if objectives[name] == "simsiam" else None
+        outputs[name] = (z, p)
+    return outputs
+
+
+def leaves_of(outputs: dict) -> dict[str, PairOutputs]:
+    """Fresh leaf copies of head outputs, so the gradient each loss term sends to every head output is visible."""
+    copy = lambda tensors: tuple(t.detach().clone().requires_grad_() for t in tensors)  # noqa: E731
+    return {name: PairOutputs(z=copy(z), p=copy(p) if p is not None else None) for name, (z, p) in outputs.items()}
+
+
+def dogo_terms_by_hand(leaves: dict[str, PairOutputs], case: dict) -> dict[str, torch.Tensor]:
+    """DoGo Eq. (1)-(6) for every peer from its head outputs: L_i = L_ssl,i + lambda_i L_kd,i with
+    L_kd,i = D_KL(Q || P_i); P_i from the peer's own predictions if SimSiam (Sec. 4.7), else projections; Q from
+    each other peer the same way (or from its projections between two SimSiam peers, the code's choice), a
+    constant target; summed over the other peers, or Q their mean distribution (Sec. 3)."""
+    objectives = {name: case.get("objectives", {}).get(name, "simclr") for name in leaves}
+
+    def own(name):
+        return leaves[name].p if objectives[name] == "simsiam" else leaves[name].z
+
+    def target(student, peer):
+        both_simsiam = objectives[student] == objectives[peer] == "simsiam"
+        embeddings = leaves[peer].z if both_simsiam and case.get("simsiam_target") == "code" else own(peer)
+        return similarity_distribution(*embeddings, TAU_KD).detach()
+
+    per_row = case["kd_reduction"] == "row"
+    terms = {}
+    for name, out in leaves.items():
+        if objectives[name] == "simsiam":
+            ssl = simsiam_eq6(*out.p, *out.z)
+        else:
+            ssl = nt_xent_eq1(*out.z, TAU_C)
+        student = similarity_distribution(*own(name), TAU_KD)
+        targets = [target(name, peer) for peer in leaves if peer != name]
+        if case.get("multi_peer") == "ensemble":
+            kd = kl_eq2(torch.stack(targets).mean(dim=0), student, per_row)
+        else:
+            kd = sum(kl_eq2(q, student, per_row) for q in targets)
+        terms.update({f"{name}/ssl": ssl, f"{name}/kd": kd, f"{name}/loss": ssl + WIRING_LAMBDAS[name] * kd})
+    terms["loss"] = sum(terms[f"{name}/loss"] for name in leaves)
+    return terms
+
+
+def all_leaves(leaves: dict[str, PairOutputs]) -> list[torch.Tensor]:
+    return [t for out in leaves.values() for t in (*out.z, *(out.p or ()))]
+
+
+@pytest.mark.parametrize("case", WIRING_CASES.values(), ids=WIRING_CASES.keys())
+def test_one_step_matches_the_paper_term_by_term_and_gradient_by_gradient(case):
+    """A tiny float64 cohort, one step: every named term and the gradient it sends to every head output equal DoGo
+    Eq. (1)-(6) written out in the test, to 1e-12. A peer's distribution is a constant target (member i's KL
+    reaches only member i's outputs) and SimSiam's targets z are stop-gradient."""
+    three = "multi_peer" in case
+    options = [f"strategy.{key}={value}" for key, value in case.items() if key != "objectives"]
+    options += [f"strategy.objectives={case.get('objectives', {})}".replace("'", ""),
+                f"strategy.simclr.temperature={TAU_C}", f"strategy.kd_temperature={TAU_KD}"]
+    lambdas = [f"members.{name}.distill_weight={weight}" for name, weight in WIRING_LAMBDAS.items()
+               if three or name != "third"]
+    strategy = build(options + lambdas, third=three).double()
+    assert strategy.options.simclr.temperature == TAU_C
+    objectives = strategy.options.objectives
+    per_peer = case["views"] == "per_peer"
+    v = [view.double() for view in views(2 * len(strategy.members) if per_peer else 2, batch=6)]
+
+    one_step = strategy(v, None, None, None)
+    outputs = strategy.network_outputs(v)
+    by_hand = head_outputs_by_hand(strategy, v, objectives, per_peer)
+    for name, (z, p) in by_hand.items():
+        for got, expected in zip((*outputs[name].z, *(outputs[name].p or ())), (*z, *(p or ()))):
+            torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+    leaves, reference_leaves = leaves_of(by_hand), leaves_of(by_hand)
+    terms = strategy.losses(leaves, None, None, None)
+    reference = dogo_terms_by_hand(reference_leaves, case)
+    assert set(terms) == set(one_step) == set(reference)
+    for name, term in terms.items():
+        assert term.dtype == torch.float64
+        torch.testing.assert_close(one_step[name], term, rtol=1e-12, atol=1e-12)
+        assert_same_gradients(term, all_leaves(leaves), reference[name], all_leaves(reference_leaves))
+    for name in strategy.members:  # member i's KL reaches exactly its own embeddings (a SimSiam peer's p, not z)
+        own = leaves[name].p if objectives[name] == "simsiam" else leaves[name].z
+        grads = torch.autograd.grad(terms[f"{name}/kd"], all_leaves(leaves), retain_graph=True, allow_unused=True)
+        reached = {id(leaf) for leaf, grad in zip(all_leaves(leaves), grads) if grad is not None and grad.any()}
+        assert reached == {id(leaf) for leaf in own}, name
 
 # ---------------------------------------------------------------------------------------------- DoGo Table 1
 
