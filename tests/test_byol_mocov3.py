@@ -10,6 +10,7 @@ import torch
 from sslkd.cli import main
 from sslkd.config import load_config
 from sslkd.data import DatasetInfo
+from sslkd.errors import UserError
 from sslkd.losses.sdssl import byol_loss, info_nce
 from sslkd.registry import STRATEGIES
 from sslkd.strategies.base import StepInfo
@@ -100,3 +101,44 @@ def test_runs_end_to_end(method, tmp_path):
     assert main(["train", "--method", method, "--output-dir", str(out), *TINY]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["method"] == method and 0 <= summary["members"]["vit"]["knn_top1"] <= 100
+    assert summary["protocol"]["encoder"] == "student"  # eval.encoder auto: the online encoder, as BYOL / MoCo v3
+
+
+@pytest.mark.parametrize("method, encoder, evaluated", [
+    ("byol", "auto", "student"), ("mocov3", "auto", "student"), ("sdssl", "auto", "teacher"),
+    ("mocov3", "teacher", "teacher"), ("sdssl", "student", "student")])
+def test_eval_encoder_picks_the_backbone_evaluated(method, encoder, evaluated):
+    tiny = TINY + (["strategy.layer_proj_hidden_dim=12"] if method == "sdssl" else [])
+    strategy = STRATEGIES.get(method)(load_config(method, None, tiny + [f"eval.encoder={encoder}"]), INFO)
+    member = strategy.members["vit"]
+    expected = member.teacher.module["backbone"] if evaluated == "teacher" else member.student["backbone"]
+    assert strategy.evaluated_encoder("vit") == evaluated and strategy.eval_backbones()["vit"] is expected
+
+
+def test_a_member_without_teacher_is_evaluated_on_its_student():
+    tiny = TINY + ["strategy.layer_proj_hidden_dim=12", "strategy.base=simclr", "eval.encoder=teacher"]
+    strategy = STRATEGIES.get("sdssl")(load_config("sdssl", None, tiny), INFO)
+    assert strategy.evaluated_encoder("vit") == "student"
+    assert strategy.eval_backbones()["vit"] is strategy.members["vit"].backbone
+
+
+def test_checkpoint_loaders_evaluate_the_chosen_encoder_and_frozen_vit_parts_stay_fixed(tmp_path):
+    from sslkd.engine.trainer import seed_everything
+    from sslkd.eval.checkpoints import load_members
+
+    out = tmp_path / "run"
+    frozen_vit = ("members.vit.backbone_args={img_size: 32, patch_size: 8, depth: 2, embed_dim: 24, num_heads: 2, "
+                  "freeze_patch_embed: true, pos_embed: sincos}")
+    assert main(["train", "--method", "mocov3", "--output-dir", str(out), *TINY, frozen_vit]) == 0
+    strategy, _, backbones = load_members(out)
+    assert backbones["vit"] is strategy.members["vit"].student["backbone"]
+    strategy, _, backbones = load_members(out, encoder="teacher")
+    assert backbones["vit"] is strategy.members["vit"].teacher.module["backbone"]
+    # the trainer seeds, then builds the strategy first: the initial random patch projection, never trained
+    seed_everything(0)
+    initial = STRATEGIES.get("mocov3")(load_config("mocov3", None, TINY + [frozen_vit]), INFO)
+    for name in ("model.patch_embed.proj.weight", "model.patch_embed.proj.bias", "model.pos_embed"):
+        trained = strategy.members["vit"].student["backbone"].get_parameter(name)
+        assert torch.equal(trained, initial.members["vit"].student["backbone"].get_parameter(name)), name
+    with pytest.raises(UserError, match="unknown encoder"):
+        load_members(out, encoder="online")

@@ -60,7 +60,8 @@ def nt_xent_to_targets(q: torch.Tensor, k: torch.Tensor, temperature: float = 0.
     k = F.normalize(loss_precision(k.detach()), dim=-1)
     rows = k.shape[0]
     if q.shape[0] != rows or rows % 2:
-        raise ValueError(f"nt_xent_to_targets: needs [2N, d] queries and keys of both views, got {q.shape[0]} and {rows}")
+        raise ValueError(f"nt_xent_to_targets: needs [2N, d] queries and keys of both views, got {q.shape[0]} "
+                         f"and {rows} rows")
     logits = q @ all_gather_with_grad(k).T / temperature
     own = torch.arange(rows, device=q.device) + rank() * rows
     positives = (torch.arange(rows, device=q.device) + rows // 2) % rows + rank() * rows

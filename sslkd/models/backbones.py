@@ -298,9 +298,9 @@ def build_backbone(name: str, small_image_stem: bool = False, freeze_patch_embed
     ``small_image_stem`` swaps a timm ResNet's stem for the CIFAR one; the registered CIFAR networks already have
     it. ``overrides`` go to the constructor (e.g. img_size, patch_size, depth, embed_dim, drop_path_rate, widths).
     ViT options of MoCo v3 and the SDSSL code (``members.<m>.backbone_args``): ``freeze_patch_embed: true`` (a
-    fixed random patch projection, ``freeze_random_patch_projection``) and ``pos_embed: sincos`` (fixed 2-D sine-cosine
-    position embeddings, ``use_sincos_pos_embed``); timm's own ``pos_embed`` values (``learn``, the default, and
-    ``none``) pass through.
+    fixed random patch projection, ``freeze_random_patch_projection``) and ``pos_embed: sincos`` (fixed 2-D
+    sine-cosine position embeddings, ``use_sincos_pos_embed``); timm's own ``pos_embed`` values (``learn``, the
+    default, and ``none``) pass through.
     """
     reserved = [k for k in _RESERVED_OVERRIDES if k in overrides]
     if reserved:

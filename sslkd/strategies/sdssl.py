@@ -175,8 +175,8 @@ class SDSSL(MomentumSSL):
         opts = self.options
         self.has_predictor = self.has_teacher = opts.base != "simclr"
         if opts.simclr_loss != "info_nce" and opts.base != "simclr":
-            raise UserError(f"strategy.simclr_loss={opts.simclr_loss} applies to base: simclr, and base is {opts.base}; "
-                            "remove simclr_loss or set strategy.base=simclr")
+            raise UserError(f"strategy.simclr_loss={opts.simclr_loss} applies to base: simclr, and base is "
+                            f"{opts.base}; remove simclr_loss or set strategy.base=simclr")
         if opts.last_bn is None:
             opts.last_bn = BYOLOptions.last_bn if opts.base == "byol" else MoCoV3Options.last_bn
         size, _ = self.crop_sizes()
