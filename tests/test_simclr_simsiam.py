@@ -12,6 +12,8 @@ from sslkd.config import load_config
 from sslkd.data import DatasetInfo
 from sslkd.losses.contrastive import negative_cosine, nt_xent, simsiam_loss
 from sslkd.registry import STRATEGIES
+from sslkd.strategies.simclr import PairOutputs
+from two_view_equations import assert_same_gradients, nt_xent_eq1, simsiam_eq6
 
 INFO = DatasetInfo("fake", 10, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), tuple(str(i) for i in range(10)))
 HEADS = {"simclr": ["strategy.hidden_dim=16", "strategy.out_dim=8"],
@@ -92,6 +94,51 @@ def test_members_train_alone_without_teacher(method):
     losses["cnn/loss"].backward()
     assert all(p.grad is None for p in strategy.members["cnn2"].student.parameters())
     assert all(p.grad is not None for p in cnn.student.parameters())
+
+
+TAU_C = 0.3  # tau_c of DoGo Eq. (1), not the default 0.5
+SECOND_MEMBER = "members.cnn2={backbone: cifar_resnet20, backbone_args: {widths: [4, 8, 8]}}"
+
+
+@pytest.mark.parametrize("method", ["simclr", "simsiam"])
+def test_one_step_matches_the_paper_term_by_term_and_gradient_by_gradient(method):
+    """Two members in float64, one step: each member's loss and the gradient it sends to every head output equal
+    DoGo Eq. (1) (SimCLR, tau_c = 0.3) or Eq. (6) (SimSiam) written out in the test, to 1e-12; a member's loss
+    reaches only its own outputs, and SimSiam's projections z only as stop-gradient targets (no gradient)."""
+    extra = [SECOND_MEMBER] + ([f"strategy.temperature={TAU_C}"] if method == "simclr" else [])
+    strategy = build(method, extra).double()
+    v = [view.double() for view in views(batch=6)]
+    one_step = strategy(v, None, None, None)
+    by_hand = {}
+    for name, member in strategy.members.items():
+        student = member.student
+        z = [student["projector"](student["backbone"](view)) for view in v]
+        p = [student["predictor"](projection) for projection in z] if method == "simsiam" else None
+        by_hand[name] = (z, p)
+    for name, out in strategy.network_outputs(v).items():
+        z, p = by_hand[name]
+        for got, expected in zip((*out.z, *(out.p or ())), (*z, *(p or ()))):
+            torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+    def leaves_of():
+        copy = lambda tensors: tuple(t.detach().clone().requires_grad_() for t in tensors)  # noqa: E731
+        return {name: PairOutputs(z=copy(z), p=copy(p) if p is not None else None) for name, (z, p) in by_hand.items()}
+
+    leaves, reference_leaves = leaves_of(), leaves_of()
+    terms = strategy.losses(leaves, None, None, None)
+    reference = {f"{name}/loss": nt_xent_eq1(*out.z, TAU_C) if method == "simclr" else simsiam_eq6(*out.p, *out.z)
+                 for name, out in reference_leaves.items()}
+    reference["loss"] = reference["cnn/loss"] + reference["cnn2/loss"]
+    assert set(terms) == set(one_step) == set(reference) == {"cnn/loss", "cnn2/loss", "loss"}
+    flat = lambda outputs: [t for out in outputs.values() for t in (*out.z, *(out.p or ()))]  # noqa: E731
+    for name, term in terms.items():
+        assert term.dtype == torch.float64
+        torch.testing.assert_close(one_step[name], term, rtol=1e-12, atol=1e-12)
+        assert_same_gradients(term, flat(leaves), reference[name], flat(reference_leaves))
+    grads = torch.autograd.grad(terms["cnn/loss"], flat(leaves), allow_unused=True)
+    reached = {id(leaf) for leaf, grad in zip(flat(leaves), grads) if grad is not None and grad.any()}
+    trained = leaves["cnn"].p if method == "simsiam" else leaves["cnn"].z
+    assert reached == {id(leaf) for leaf in trained}
 
 
 def test_simclr_projector_is_dogos():
