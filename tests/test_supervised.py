@@ -69,3 +69,34 @@ def test_lmcl_builds_branches_on_shufflenet():
     strategy = STRATEGIES.get("lmcl")(cfg, INFO).train()
     out = strategy.member_outputs(strategy.members["small"].student, torch.randn(4, 3, 32, 32))
     assert [f.shape[1] for f in out["logits"]] == [4, 4, 4] and out["ensemble"].shape == (4, 4)
+
+
+class HandMadeClassifiers(torch.nn.Module):
+    """Two members whose logits for test image i are fixed by hand (image i is the constant 10 i / 255)."""
+
+    has_classifiers = True
+    LOGITS = {"a": [[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [4.0, 0.0, 0.0], [0.0, 0.0, 1.0]],
+              "b": [[0.0, 2.5, 0.0], [0.0, 1.0, 0.0], [0.0, 4.5, 4.5], [4.0, 0.0, 0.0]]}
+
+    def classifier_logits(self, images):
+        rows = (images[:, 0, 0, 0] * 255 / 10).round().long()
+        return {name: torch.tensor(table)[rows] for name, table in self.LOGITS.items()}
+
+
+def test_test_accuracy_of_each_member_and_the_probability_ensemble(monkeypatch):
+    """labels 0, 1, 0, 0. Member a is right on images 0, 1, 2 (75%), member b on 1 and 3 (50%). The ensemble averages
+    the softmax probabilities: image 0 -> class 1 (0.48 > 0.43, wrong), 1 right, 2 -> class 0 (0.485 > 0.257, right,
+    where averaging the logits would pick class 1), 3 -> class 0 (0.588, right): 75%."""
+    from sslkd.data import DatasetInfo
+    from sslkd.data.datasets import TensorImageDataset
+    from sslkd.eval import classify
+
+    info = DatasetInfo("hand", 3, 4, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), ("x", "y", "z"))
+    images = (torch.arange(4) * 10).to(torch.uint8)[:, None, None, None].expand(4, 3, 4, 4).contiguous()
+    monkeypatch.setattr(classify, "build_dataset",
+                        lambda name, root, split: TensorImageDataset(images, torch.tensor([0, 1, 0, 0]), info))
+    cfg = load_config("supervised", None, ["eval.batch_size=3", "data.num_workers=0"])  # two batches: 3 + 1
+    strategy = HandMadeClassifiers().train()
+    result = classify.classify_members(strategy, cfg, torch.device("cpu"))
+    assert result == {"members": {"a": 75.0, "b": 50.0}, "ensemble_top1": 75.0, "n_test": 4}
+    assert strategy.training  # the evaluator restores the training mode
