@@ -151,3 +151,61 @@ def test_dino_baseline_members_train_independently(tiny_cfg):
     losses["cnn/loss"].backward()
     assert not any(has_grad(g) for g in student_grads(strategy.members["cnn2"]).values())
     assert all(p.grad is None for p in strategy.members["cnn"].teacher.parameters())
+
+
+# ---------------------------------------------------------------------------------------------- skipped steps (item 10)
+def poison_teacher_head(trainer, member, at_step):
+    """Member ``member``'s EMA-teacher DINO head outputs NaN at global step ``at_step`` (the loss is NaN through the
+    targets, and the center update of that step would be NaN)."""
+    head = trainer.strategy.members[member].teacher.module["dino"]
+    forward = head.forward
+
+    def poisoned(x):
+        out = forward(x)
+        return out * float("nan") if trainer.step == at_step else out
+
+    head.forward = poisoned
+
+
+def skip_step(trainer, at_step):
+    """The reference: step ``at_step`` does nothing at all (no forward, no update)."""
+    train_step = trainer.train_step
+
+    def skipping(views, labels, indices, info):
+        return None if info.step == at_step else train_step(views, labels, indices, info)
+
+    trainer.train_step = skipping
+
+
+def test_nan_teacher_output_on_a_skipped_step_leaves_centers_untouched(tmp_path, tiny_cfg):
+    import json
+
+    from sslkd.engine.trainer import Trainer
+
+    extra = ["train.on_nonfinite=skip"]
+    poisoned = Trainer(tiny_cfg("mokd", extra, epochs=2), tmp_path / "poisoned")
+    reference = Trainer(tiny_cfg("mokd", extra, epochs=2), tmp_path / "reference")
+    assert poisoned.steps_per_epoch >= 4
+    poison_teacher_head(poisoned, "cnn", at_step=1)
+    skip_step(reference, at_step=1)
+    poisoned.fit(stop_at_epoch=1)
+    reference.fit(stop_at_epoch=1)
+    assert poisoned.skipped_steps == 1
+    a, b = poisoned.strategy, reference.strategy
+    for centers in ("centers", "thead_centers"):
+        for key, value in getattr(a, centers).named_buffers():
+            assert torch.isfinite(value).all(), key
+            assert torch.equal(value, getattr(getattr(b, centers), key)), key
+    for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(p, q), name
+    # everything else equals the run that skipped the step, except batch-norm running statistics, which the
+    # skipped step's forward pass still updates (a trace left by the trainer; they are not poisoned by a NaN head)
+    bn_stats = ("running_mean", "running_var", "num_batches_tracked")
+    differ = [k for k, v in a.state_dict().items() if not torch.equal(v, b.state_dict()[k])]
+    assert all(k.endswith(bn_stats) for k in differ), differ
+    records = [json.loads(line) for line in (tmp_path / "poisoned" / "metrics.jsonl").read_text().splitlines()]
+    skipped = [r for r in records if "skipped_steps" in r]
+    assert skipped == [{"step": 2, "epoch": 0, "skipped_steps": 1, "nonfinite_terms": ["cnn/sm", "cnn/loss", "vit/cm", "vit/loss"]}]
+    later = [r for r in records if "loss" in r and r["step"] > 2]
+    assert len(later) == poisoned.steps_per_epoch - 2
+    assert all(np.isfinite(v) for r in later for k, v in r.items() if "/" in k or k == "loss")
