@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--output-dir", help="run directory (default runs/<method>-<data>-seed<seed>-<time>)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     train.add_argument("--overwrite", action="store_true", help="replace a finished run in --output-dir")
+    train.add_argument("--random-init", action="store_true",
+                       help="write an untrained run (train.epochs=0): its members' random initialisation, evaluable "
+                            "like any run (a table's floor)")
     train.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. train.epochs=10")
 
     evaluate = commands.add_parser("eval", help="evaluate a checkpoint")
@@ -50,7 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (or folders holding them)")
     compare.add_argument("--table", default="auto", help="table layout (auto, mokd_table1, runs, ...)")
     compare.add_argument("--format", default="md", choices=["md", "csv", "latex"], help="output format")
-    compare.add_argument("--output", help="also write the table to this file")
+    compare.add_argument("--output", help="also write the table to this file (its folder is created)")
+    compare.add_argument("--provenance", action="store_true",
+                         help="add where each run came from: sslkd version and git revision, torch, device, "
+                              "precision, processes")
 
     bench = commands.add_parser("bench", help="time a method's full steps against its network passes alone")
     bench.add_argument("--method", help="strategy name (see `sslkd list`)")
@@ -64,11 +71,24 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
 
     export = commands.add_parser("export", help="write one member's backbone as safetensors, loadable by timm")
-    export.add_argument("--checkpoint", required=True, help="a checkpoints/last.pt written by sslkd train")
+    export.add_argument("--checkpoint", required=True,
+                        help="a run directory, or its checkpoints/last.pt, written by sslkd train")
     export.add_argument("--member", help="the member to export (required when there are several)")
     export.add_argument("--out", required=True, help="output file, e.g. vit.safetensors")
 
     commands.add_parser("list", help="list registered strategies, backbones, heads and data sets")
+
+    data = commands.add_parser("data", help="build a data set the configs use")
+    builders = data.add_subparsers(dest="builder", required=True)
+    subset = builders.add_parser("cifar10-subset", help="the CIFAR-10 subset of the CPU-proxy configs (10,000 train, "
+                                 "2,000 test PNGs) from the standard CIFAR-10 python version")
+    subset.add_argument("--cifar10", required=True, metavar="DIR",
+                        help="the extracted cifar-10-python.tar.gz (cifar-10-batches-py, or the folder holding it)")
+    subset.add_argument("--out", required=True, help="new folder to write, e.g. ../shared/data/cifar10_subset")
+    subset.add_argument("--train-per-class", type=int, default=1000, help="images per class from the train split")
+    subset.add_argument("--test-per-class", type=int, default=200, help="images per class from the test split")
+    subset.add_argument("--verify", metavar="MANIFEST", help="a manifest.csv of another copy: fail unless every "
+                        "image has the same pixels")
 
     plot = commands.add_parser("plot", help="draw a run's loss terms, lr and k-NN over training (PNG)")
     plot.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (holding metrics.jsonl)")
@@ -77,7 +97,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="a checkpoints/last.pt written by sslkd train")
+    parser.add_argument("--checkpoint", required=True,
+                        help="a run directory, or its checkpoints/last.pt, written by sslkd train")
     parser.add_argument("--member", help="evaluate only this member (default: every member)")
     parser.add_argument("--data", dest="data_name", help="data set to evaluate on (default: the training data set)")
     parser.add_argument("--data-root", help="root of that data set")
@@ -98,18 +119,23 @@ def _train(args: argparse.Namespace) -> int:
     from sslkd.config import from_dict, load_config, read_yaml, Config
     from sslkd.engine import distributed as dist
     from sslkd.engine.trainer import CHECKPOINT, Trainer
+    from sslkd.registry import load_run_plugins
 
     if args.resume:
-        if args.method or args.config or args.overrides:
-            raise UserError("--resume continues a run with its saved config.yaml: drop --method, --config and overrides")
+        if args.method or args.config or args.overrides or args.random_init:
+            raise UserError("--resume continues a run with its saved config.yaml: drop --method, --config, "
+                            "--random-init and overrides")
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").is_file() or not (run_dir / CHECKPOINT).is_file():
             raise UserError(f"'{run_dir}' holds no resumable run (config.yaml and {CHECKPOINT}); pass a run directory")
         cfg = from_dict(Config, read_yaml(run_dir / "config.yaml"))
+        load_run_plugins(cfg.plugins)
         dist.init_from_env(cfg.train.device)
         trainer = Trainer(cfg, run_dir, resume=True)
     else:
         cfg = load_config(args.method, args.config, args.overrides)
+        cfg.plugins = list(dict.fromkeys([*cfg.plugins, *args.plugin]))
+        _check_epochs(cfg, args.random_init)
         dist.init_from_env(cfg.train.device)
         if args.output_dir:
             cfg.output_dir = args.output_dir
@@ -118,6 +144,7 @@ def _train(args: argparse.Namespace) -> int:
             cfg.output_dir = f"runs/{cfg.method}-{cfg.data.name}-seed{cfg.train.seed}-{stamp}"
         cfg.output_dir = dist.broadcast_object(cfg.output_dir)
         run_dir = Path(cfg.output_dir)
+        check_output_dir(run_dir)
         if (run_dir / "summary.json").exists() and not args.overwrite:
             raise UserError(f"'{run_dir}' already holds a finished run; choose another --output-dir or pass --overwrite")
         if (run_dir / CHECKPOINT).exists() and not args.overwrite:
@@ -133,17 +160,59 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_epochs(cfg, random_init: bool) -> None:
+    """``train.epochs=0`` would make a "finished" run with no checkpoint; an untrained run is asked for by name."""
+    if random_init:
+        cfg.train.epochs = 0
+    elif cfg.train.epochs == 0:
+        raise UserError("train.epochs=0 trains nothing and leaves no checkpoint to evaluate, export or resume: set "
+                        "train.epochs=1 or more (every run records its members' k-NN at step 0 in summary.json, "
+                        "members.<name>.random_init), or pass --random-init for an untrained run")
+
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints")
+
+
+def check_output_dir(run_dir: Path) -> None:
+    """Refuse an output directory that cannot be made or written, or that holds something other than a run (the
+    data folder, a home directory): a run writes and --overwrite deletes files there."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--output-dir '{run_dir}' is a file; choose a directory (new or empty)")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not any((run_dir / name).exists() for name in RUN_FILES):
+        raise UserError(f"--output-dir '{run_dir}' is not empty and holds no sslkd run (config.yaml, "
+                        f"metrics.jsonl); choose a new or empty directory, e.g. runs/{run_dir.name}")
+    existing = next(parent for parent in [run_dir, *run_dir.absolute().parents] if parent.exists())
+    if not existing.is_dir():
+        raise UserError(f"cannot create --output-dir '{run_dir}': '{existing}' is a file, not a folder; choose "
+                        "another --output-dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot create or write --output-dir '{run_dir}' (no write permission on '{existing}'); "
+                        "choose a directory you can write, e.g. under your home")
+
+
 def _print_summary(summary: dict, run_dir: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from sslkd.report.tables import at_or_below_floor
+
     table = Table(title=f"{summary['method']} on {summary['dataset']} ({summary['epochs']} epochs, seed {summary['seed']})")
-    for column in ("member", "backbone", "params (M)", "k-NN top-1 (k=20)", "DoGo k-NN mean"):
+    for column in ("member", "backbone", "params (M)", "k-NN top-1 (k=20)", "random init k-NN", "DoGo k-NN mean"):
         table.add_column(column)
-    for name, member in summary["members"].items():
-        table.add_row(name, member["backbone"], f"{member['params_m']:.2f}", f"{member['knn_top1']:.2f}", f"{member['knn_dogo_mean']:.2f}")
     console = Console()
+    warnings = []
+    for name, member in summary["members"].items():
+        floor = (member.get("random_init") or {}).get("knn_top1")
+        below = at_or_below_floor(member["knn_top1"], floor)
+        table.add_row(name, member["backbone"], f"{member['params_m']:.2f}",
+                      f"{member['knn_top1']:.2f}" + (" [bold red](at or below floor)[/]" if below else ""),
+                      "n/a" if floor is None else f"{floor:.2f}", f"{member['knn_dogo_mean']:.2f}")
+        if below and summary["epochs"] > 0:
+            warnings.append(f"warning: {name} ends at k-NN {member['knn_top1']:.2f}, at or below its random "
+                            f"initialisation ({floor:.2f}): it learned nothing the k-NN can see")
     console.print(table)
+    for line in warnings:
+        console.print(line, style="bold red", highlight=False, markup=False)
     if "ensemble_test_top1" in summary:
         tops = ", ".join(f"{name} {m['test_top1']:.2f}" for name, m in summary["members"].items())
         console.print(f"test top-1: {tops}; ensemble {summary['ensemble_test_top1']:.2f}")
@@ -179,17 +248,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from sslkd.report import compare, compare_table, rich_table
+    from sslkd.report import compare_table, render, rich_table
 
-    text = compare(args.run_dirs, table=args.table, fmt=args.format)
+    table = compare_table(args.run_dirs, table=args.table, provenance=args.provenance)
+    text = render(table, args.format)
     if args.output:
-        Path(args.output).write_text(text)
+        _write_text(Path(args.output), text)
     console = Console()
     if console.is_terminal and args.format == "md":
-        console.print(rich_table(compare_table(args.run_dirs, table=args.table)))
+        console.print(rich_table(table))
     else:
         print(text)
     return 0
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write a table file, making its folder; a path that cannot be written is one line."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as exc:
+        raise UserError(f"cannot write --output '{path}' ({exc.strerror or exc}); choose a path you can write") from exc
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -248,6 +327,16 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    from sslkd.data.subset import build_cifar10_subset
+
+    meta = build_cifar10_subset(args.cifar10, args.out, args.train_per_class, args.test_per_class, args.verify)
+    print(f"wrote {args.out}: {meta['totals']['train']} train and {meta['totals']['test']} test images of "
+          f"{meta['num_classes']} classes" + (f", identical to {args.verify}" if args.verify else ""))
+    print(f"train on it with data.root={args.out} (e.g. sslkd train --config zoo_configs/... data.root={args.out})")
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from sslkd.report.plots import plot_run
 
@@ -265,7 +354,7 @@ def one_line(exc: UserError) -> str:
     return lines[-1].split("UserError: ", 1)[-1]
 
 
-COMMANDS = {"plot": cmd_plot, "train": cmd_train, "eval": cmd_eval, "compare": cmd_compare, "export": cmd_export, "bench": cmd_bench, "list": cmd_list}
+COMMANDS = {"data": cmd_data, "plot": cmd_plot, "train": cmd_train, "eval": cmd_eval, "compare": cmd_compare, "export": cmd_export, "bench": cmd_bench, "list": cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -281,3 +370,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sslkd: interrupted; resume a training run with `sslkd train --resume RUN_DIR`", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _broken_pipe()
+
+
+def _broken_pipe() -> int:
+    """The reader of our output went away (``sslkd compare ... | head``): say so once, and send what is still
+    buffered nowhere, so that Python's exit does not print a traceback about it."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    print("sslkd: error: the output was cut off because the program reading it stopped (a broken pipe, e.g. "
+          "`| head`); to keep all of it, write it to a file (compare: --output FILE)", file=sys.stderr)
+    return 2

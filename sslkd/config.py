@@ -32,6 +32,7 @@ class AugmentConfig:
     local_size: int | None = None
     global_scale: tuple[float, float] = (0.4, 1.0)
     local_scale: tuple[float, float] = (0.05, 0.4)
+    blur: bool = True  # Gaussian blur in the multi-crop views; CIFAR recipes (solo-learn, lightly) leave it out
 
 
 @dataclass
@@ -136,6 +137,7 @@ class Config:
     strategy: Any = None
     config_file: str | None = None
     tag: str | None = None  # a label that keeps runs of one config apart in tables (e.g. an ablation's overrides)
+    plugins: list[str] = field(default_factory=list)  # modules imported first (--plugin), so later commands find them
 
 
 def _type_name(tp: Any) -> str:
@@ -312,11 +314,14 @@ def load_config(method: str | None, config_file: str | None, overrides: list[str
             raise UserError("no method given: pass --method NAME or --config FILE.yaml (see `sslkd list`)")
         from sslkd.registry import STRATEGIES
 
-        strategy_cls = STRATEGIES.get(method)
-        raw = strategy_cls.default_config()
+        raw = _default_config(STRATEGIES.get(method), method)
         raw["method"] = method
     raw = apply_overrides(raw, overrides)
     cfg = from_dict(Config, raw)
+    if cfg.plugins:
+        from sslkd.registry import load_plugins
+
+        load_plugins(cfg.plugins)
     if not cfg.members:
         raise UserError("the config defines no members: add a `members:` mapping (name -> backbone, ...)")
     validate(cfg)
@@ -358,6 +363,19 @@ def validate(cfg: Config) -> None:
         for key in ("lr", "min_lr", "weight_decay", "weight_decay_end", "warmup_epochs", "momentum", "clip_grad"):
             _at_least(f"{path}.{key}", getattr(opt, key), 0, f"set {path}.{key} to 0 or more (or drop it for the "
                       "optimiser's default)")
+
+
+def _default_config(strategy_cls: type, method: str) -> dict:
+    """The strategy's default config; a plugin strategy without one gets a line saying what to pass instead of an
+    error about a file inside the installed package."""
+    from sslkd.strategies.base import Strategy
+
+    inherited = getattr(strategy_cls.default_config, "__func__", None) is Strategy.default_config.__func__
+    if inherited and not default_config_path(strategy_cls.name).is_file():
+        raise UserError(f"strategy {method!r} has no default config: pass --config FILE.yaml that names "
+                        f"`method: {method}` and its `members:` (see the README, Adding a method), or give the "
+                        "strategy a default_config() classmethod")
+    return strategy_cls.default_config()
 
 
 def strategy_options(cfg: Config, options_cls: type) -> Any:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
+import sys
 from importlib.metadata import entry_points
 from typing import Callable, Generic, Iterator, TypeVar
 
@@ -19,8 +21,9 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """A named mapping filled by the ``@registry.register("name")`` decorator."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, unknown_hint: str = ""):
         self.kind = kind
+        self.unknown_hint = unknown_hint
         self._items: dict[str, T] = {}
 
     def register(self, name: str | None = None) -> Callable[[T], T]:
@@ -42,7 +45,7 @@ class Registry(Generic[T]):
         known = ", ".join(sorted(self._items)) or "none"
         close = difflib.get_close_matches(name, list(self._items), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        return f"unknown {self.kind} {name!r}.{hint} Known: {known}."
+        return f"unknown {self.kind} {name!r}.{hint} Known: {known}.{self.unknown_hint}"
 
     def __contains__(self, name: object) -> bool:
         return name in self._items
@@ -54,7 +57,7 @@ class Registry(Generic[T]):
         return sorted(self._items)
 
 
-STRATEGIES: Registry = Registry("strategy")
+STRATEGIES: Registry = Registry("strategy", " If it comes from a plugin, import it first: sslkd --plugin MODULE ...")
 BACKBONES: Registry = Registry("backbone")
 HEADS: Registry = Registry("head")
 DATASETS: Registry = Registry("data set")
@@ -74,6 +77,8 @@ def load_plugins(modules: list[str] | tuple[str, ...] = ()) -> None:
     load_builtins()
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         ep.load()
+    if modules and os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m sslkd` does: a plugin file in the current folder imports
     for module in modules:
         try:
             importlib.import_module(module)
@@ -81,3 +86,13 @@ def load_plugins(modules: list[str] | tuple[str, ...] = ()) -> None:
             raise UserError(
                 f"cannot import plugin module {module!r} ({exc}); check the module path and that it is on PYTHONPATH"
             ) from exc
+
+
+def load_run_plugins(modules: list[str]) -> None:
+    """Import the plugin modules a run was trained with (its config.yaml records them), naming that record when one
+    cannot be imported here."""
+    try:
+        load_plugins(modules)
+    except UserError as exc:
+        raise UserError(f"{exc} (the run was trained with --plugin {' --plugin '.join(modules)}, as its config.yaml "
+                        "records: run from the folder that holds them)") from exc

@@ -189,12 +189,22 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SSLKD_CACHE") or Path.home() / ".cache" / "sslkd")
 
 
+def _set_root(layout: str) -> str:
+    """How to point sslkd at the data: a config key for train, a flag for eval."""
+    return f"set data.root=/path/to/{layout} (sslkd eval: --data-root /path/to/{layout})"
+
+
 def _require_root(name: str, root, layout: str) -> Path:
+    """The data root as an absolute path; a relative one is relative to the current folder, as every path sslkd
+    reads (config files, data roots, run directories)."""
     if root is None or str(root) == "":
-        raise UserError(f"data set {name!r} needs a data root: set data.root=/path/to/{layout}")
+        raise UserError(f"data set {name!r} needs a data root: {_set_root(layout)}")
     path = Path(root).expanduser()
     if not path.is_dir():
-        raise UserError(f"data root '{root}' does not exist: set data.root=/path/to/{layout}")
+        where = f" (relative to the current folder: {path.absolute()})" if not path.is_absolute() else ""
+        build = (f"; build it from the CIFAR-10 python version with `sslkd data cifar10-subset --cifar10 "
+                 f"cifar-10-batches-py --out {root}`" if "cifar10_subset" in str(root) else "")
+        raise UserError(f"data root '{root}' does not exist{where}: {_set_root(layout)}{build}")
     return path.resolve()
 
 
@@ -544,7 +554,7 @@ def _image_folder(name: str, root, split: str, transform: Transform | None,
     if not split_dir.is_dir():
         have = ", ".join(_subdirs(base)) or "none"
         raise UserError(f"split folder '{split_dir}' does not exist (found: {have}): "
-                        f"use data.root=/path/with/{split}/<class>/ or another split")
+                        f"use data.root=/path/with/{split}/<class>/ (sslkd eval: --data-root) or another split")
     train_dir = base / "train"
     classes = _subdirs(train_dir if train_dir.is_dir() else split_dir)
     if not classes:

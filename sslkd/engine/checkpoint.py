@@ -22,6 +22,7 @@ def atomic_write(path: Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it 0600; results are shared like any file written
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
@@ -32,6 +33,13 @@ def atomic_write(path: Path, write) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def current_umask() -> int:
+    """The process umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def remove_partial_writes(path: Path) -> None:
@@ -49,8 +57,14 @@ def save_checkpoint(path: Path, state: dict) -> None:
 def load_checkpoint(path: str | Path, method: str | None = None) -> dict:
     """Load and check a checkpoint; any problem is a UserError naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"'{path}' is a folder that holds no checkpoints/last.pt; pass a run directory or its "
+                        "checkpoints/last.pt")
     if not path.is_file():
         raise UserError(f"checkpoint '{path}' does not exist; pass the path of a .pt file written by sslkd train")
+    if not _looks_like_torch_save(path):
+        raise UserError(f"'{path}' is not a checkpoint (a .pt file written by sslkd train); pass "
+                        "RUN_DIR/checkpoints/last.pt or the run directory")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -65,6 +79,14 @@ def load_checkpoint(path: str | Path, method: str | None = None) -> dict:
             f"checkpoint '{path}' was written by method {state.get('method')!r}, not {method!r}; pass a {method} checkpoint"
         )
     return state
+
+
+def _looks_like_torch_save(path: Path) -> bool:
+    """torch.save writes a zip archive (or, in its legacy format, a pickle): a truncated one still starts so, while a
+    config.yaml or an image passed by mistake does not."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
 
 
 def rng_state() -> dict[str, Any]:

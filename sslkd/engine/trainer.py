@@ -22,6 +22,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Column
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from sslkd.config import Config, save_config, to_dict
@@ -43,6 +44,7 @@ from sslkd.errors import UserError
 from sslkd.eval.classify import add_test_accuracy
 from sslkd.eval.protocol import evaluate_members
 from sslkd.registry import STRATEGIES
+from sslkd.report.provenance import run_provenance
 from sslkd.strategies.base import StepInfo, Strategy
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
@@ -154,12 +156,38 @@ class Trainer:
         self.step = 0
         self.wall_time = 0.0
         self.skipped_steps = 0
+        self.random_init: dict | None = None  # each member's k-NN at step 0 (the floor), measured once per run
         if resume:
             self._restore(load_checkpoint(self.run_dir / CHECKPOINT, cfg.method))
         elif dist.is_main_process():
+            self._create_run_dir()
+        if dist.is_main_process():
+            self._warn_pointless_settings()
+
+    def _create_run_dir(self) -> None:
+        try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.run_dir / "config.yaml")
+            save_config(self.cfg, self.run_dir / "config.yaml")
             (self.run_dir / "metrics.jsonl").write_text("")
+        except OSError as exc:
+            raise UserError(f"cannot create or write the output directory '{self.run_dir}' ({exc.strerror or exc}); "
+                            "choose another --output-dir") from exc
+
+    def _warn(self, text: str) -> None:
+        self.console.print(f"warning: {text}", highlight=False, markup=False, soft_wrap=True)
+
+    def _warn_pointless_settings(self) -> None:
+        """One line each for settings that run but whose numbers mean nothing: a one-class data set (every k-NN
+        vote is right), a warm-up longer than the run (the lr never reaches its base value; at one step it is 0)."""
+        if self.info.num_classes == 1:
+            self._warn(f"the training data has only one class, so every k-NN top-1 is 100% and means nothing; "
+                       f"point data.root at a data set with several class folders")
+        for key, part in self.optimizers.items():
+            warmup = int(round((part.cfg.warmup_epochs or 0) * self.steps_per_epoch))
+            if 0 < self.total_steps <= warmup:
+                self._warn(f"{key} warms its learning rate up over {warmup} steps but the run has only "
+                           f"{self.total_steps}, so it never reaches its base rate: train more epochs, use a smaller "
+                           f"train.batch_size, or lower members.{part.member}.optimizer.warmup_epochs")
 
     # ----------------------------------------------------------------------------------------------- schedules
     def set_schedules(self, info: StepInfo) -> dict[str, float]:
@@ -264,7 +292,10 @@ class Trainer:
         cfg = self.cfg
         last_epoch = cfg.train.epochs if stop_at_epoch is None else min(stop_at_epoch, cfg.train.epochs)
         self.strategy.train()
+        if self.step == 0 and self.random_init is None and self.total_steps > 0:
+            self._measure_floor()
         self._clock = time.perf_counter()
+        self._started = (self._clock, self.step)
         every_steps = cfg.train.checkpoint_every_steps
         with self._progress() as progress:
             task = progress.add_task(f"{cfg.method}", total=self.total_steps, completed=self.step, info="")
@@ -303,17 +334,40 @@ class Trainer:
             return None
         return self._finish()
 
+    def _measure_floor(self) -> None:
+        """Every member's k-NN at step 0, with the evaluation the run ends with: the floor training must rise above.
+        Measured once, on the main process, with the RNG states put back so the run trains as it would without
+        it; the checkpoint keeps it, so a resumed run does not measure it again."""
+        if dist.is_main_process():
+            state = rng_state()
+            results = evaluate_members(self.strategy, self.cfg, self.device)
+            set_rng_state(state)
+            self.random_init = {name: {"knn_top1": result["knn_top1"]} for name, result in results.items()}
+            self._write_metrics({"epoch": 0, "step": 0, **self._knn_record(results)})
+        dist.barrier()
+
     def _progress(self) -> Progress:
+        """Step/total and the time left come first and never shrink; the loss terms take what width is left and are
+        cut with an ellipsis, so an 80-column terminal still shows where the run is."""
         return Progress(
             TextColumn("[bold]{task.description}"),
-            BarColumn(),
             MofNCompleteColumn(),
-            TimeElapsedColumn(),
             TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"),
+            BarColumn(bar_width=12),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}", table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1)),
             console=self.console,
-            disable=not dist.is_main_process(),
+            disable=not dist.is_main_process() or not self.console.is_terminal,  # a log file gets _log_step's lines
         )
+
+    def _eta(self) -> str:
+        """Time left at the training speed since this fit started, as H:MM:SS."""
+        start, start_step = self._started
+        done = self.step - start_step
+        if done <= 0:
+            return "-:--:--"
+        left = round((time.perf_counter() - start) / done * (self.total_steps - self.step))
+        return f"{left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"
 
     def _log_step(self, epoch: int, losses: dict[str, torch.Tensor], lrs: dict[str, float], images_per_s: float) -> dict:
         names = list(losses)
@@ -324,15 +378,17 @@ class Trainer:
         record["images_per_s"] = images_per_s
         self._write_metrics(record)
         if not self.console.is_terminal and dist.is_main_process():
-            self.console.print(f"step {self.step}/{self.total_steps} {self._short(record)}", highlight=False)
+            self.console.print(f"step {self.step}/{self.total_steps} eta {self._eta()}  {self._short(record)}",
+                               highlight=False, markup=False, soft_wrap=True)
         return record
 
     @staticmethod
     def _short(record: dict) -> str:
+        """The loss, each member's loss, the speed and the learning rates, most useful first (the end may be cut)."""
         parts = [f"loss {record['loss']:.3f}"]
-        parts += [f"{k} {v:.3f}" for k, v in record.items() if k.endswith("/loss")]
-        parts += [f"{k} {v:.2e}" for k, v in record.items() if k.startswith("lr/")]
+        parts += [f"{k[:-5]} {v:.3f}" for k, v in record.items() if k.endswith("/loss")]
         parts.append(f"{record['images_per_s']:.0f} img/s")
+        parts += [f"{k} {v:.1e}" for k, v in record.items() if k.startswith("lr/")]
         return "  ".join(parts)
 
     def _write_metrics(self, record: dict) -> None:
@@ -374,6 +430,7 @@ class Trainer:
                 "step": self.step,
                 "wall_time_s": self.wall_time,
                 "skipped_steps": self.skipped_steps,
+                "random_init": self.random_init,
                 "strategy": self.strategy.state_dict(),
                 "optimizers": {key: part.optimizer.state_dict() for key, part in self.optimizers.items()},
                 "scaler": self.scaler.state_dict(),
@@ -395,6 +452,7 @@ class Trainer:
         set_rng_state(rngs[dist.rank() % len(rngs)])
         self.epoch, self.step, self.wall_time = state["epoch"], state["step"], state["wall_time_s"]
         self.skipped_steps = state["skipped_steps"]
+        self.random_init = state.get("random_init")
         metrics = self.run_dir / "metrics.jsonl"
         if metrics.exists() and dist.is_main_process():
             kept = [line for line in metrics.read_text().splitlines() if line and json.loads(line)["step"] <= self.step]
@@ -413,7 +471,10 @@ class Trainer:
             return None
         results = evaluate_members(self.strategy, self.cfg, self.device)
         self._write_metrics({"epoch": self.epoch, "step": self.step, **self._knn_record(results)})
-        summary = build_summary(self.cfg, self.strategy, results, self.wall_time)
+        if self.step == 0:  # an untrained run (--random-init) is its own floor
+            self.random_init = {name: {"knn_top1": result["knn_top1"]} for name, result in results.items()}
+        summary = build_summary(self.cfg, self.strategy, results, self.wall_time, self.random_init,
+                                run_provenance(dist.world_size(), self.device, self.autocast_dtype))
         summary["skipped_steps"] = self.skipped_steps
         summary["skipped_images"] = self.skipped_images
         add_test_accuracy(summary, self.strategy, self.cfg, self.device)
@@ -426,7 +487,10 @@ class Trainer:
         return summary
 
 
-def build_summary(cfg: Config, strategy: Strategy, results: dict, wall_time: float) -> dict:
+def build_summary(cfg: Config, strategy: Strategy, results: dict, wall_time: float, random_init: dict | None = None,
+                  provenance: dict | None = None) -> dict:
+    """The run's record; ``random_init``: each member's k-NN at step 0 ({name: {"knn_top1"}}, None when a run resumed
+    from an older checkpoint never measured it); ``provenance``: see sslkd.report.provenance."""
     from sslkd.models.backbones import count_params_m
 
     members = {}
@@ -438,6 +502,7 @@ def build_summary(cfg: Config, strategy: Strategy, results: dict, wall_time: flo
             "params_m": round(count_params_m(member.backbone), 3),
             **{k: v for k, v in knn.items() if k != "protocol"},
             "linear_top1": None,
+            "random_init": (random_init or {}).get(name),
         }
     protocol = next(iter(results.values()))["protocol"]
     return {
@@ -450,5 +515,6 @@ def build_summary(cfg: Config, strategy: Strategy, results: dict, wall_time: flo
         "tag": cfg.tag,
         "members": members,
         "protocol": protocol,
+        "provenance": provenance,
     }
 

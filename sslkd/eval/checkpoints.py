@@ -48,12 +48,13 @@ def load_strategy(path: str | Path, data_name: str | None = None, data_root: str
     from sslkd.data import build_dataset
     from sslkd.engine.trainer import seed_everything
     from sslkd.eval.protocol import checked_encoder, strategy_from_checkpoint
-    from sslkd.registry import STRATEGIES
+    from sslkd.registry import STRATEGIES, load_run_plugins
 
     run_dir, checkpoint = resolve_run(path)
     if checkpoint is not None:
         return strategy_from_checkpoint(checkpoint, data_name, data_root, encoder)
     cfg = from_dict(Config, read_yaml(run_dir / "config.yaml"))
+    load_run_plugins(cfg.plugins)
     if cfg.train.epochs != 0:
         raise UserError(f"'{run_dir}' has no {CHECKPOINT}: finish it with `sslkd train --resume {run_dir}` first")
     if encoder is not None:

@@ -88,10 +88,11 @@ def strategy_from_checkpoint(path, data_name: str | None = None, data_root: str 
     evaluated."""
     from sslkd.config import Config, from_dict
     from sslkd.engine.checkpoint import load_checkpoint
-    from sslkd.registry import STRATEGIES
+    from sslkd.registry import STRATEGIES, load_run_plugins
 
     state = load_checkpoint(path)
     cfg = from_dict(Config, state["config"])
+    load_run_plugins(cfg.plugins)
     if encoder is not None:
         cfg.eval.encoder = checked_encoder(encoder)
     info = build_dataset(cfg.data.name, cfg.data.root, "train").info

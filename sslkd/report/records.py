@@ -14,11 +14,14 @@ import pandas as pd
 import yaml
 
 from sslkd.errors import UserError
+from sslkd.report.provenance import describe
 
 RUN_COLUMNS = [
     "method", "dataset", "seed", "epochs", "member", "member_index", "backbone", "paper_name",
     "knn_top1", "linear_top1", "wall_time_s", "tag", "run_dir", "params_m", "knn_dogo_mean", "config",
+    "knn_floor", "world_size", "provenance", "variant",
 ]
+NOT_SETTINGS = ("train.seed", "output_dir", "data.root", "config_file")  # runs differing only here are one setting
 REQUIRED_KEYS = ("method", "dataset", "seed", "epochs", "members")
 PAPER_NUMBERS_DIR = Path(__file__).resolve().parents[2] / "zoo_configs" / "paper_numbers"
 
@@ -119,9 +122,15 @@ def backbone_identity(name: str, member_config: dict) -> str:
     return f"{name}[{', '.join(f'{k}={v}' for k, v in args.items())}]"
 
 
+def _floor(member: dict) -> float:
+    """The member's k-NN at step 0 (summary.json ``random_init``; NaN for runs made before it was recorded)."""
+    return _accuracy((member.get("random_init") or {}).get("knn_top1"))
+
+
 def _member_rows(summary: dict, path: Path) -> list[dict]:
     wall = summary.get("wall_time_s")
     configs = _member_configs(path.parent)
+    provenance = summary.get("provenance") or {}
     return [
         {
             "method": summary["method"],
@@ -140,6 +149,10 @@ def _member_rows(summary: dict, path: Path) -> list[dict]:
             "params_m": _accuracy(member.get("params_m")),
             "knn_dogo_mean": _accuracy(member.get("knn_dogo_mean")),
             "config": Path(summary["config_file"]).stem if summary.get("config_file") else "",
+            "knn_floor": _floor(member),
+            "world_size": provenance.get("world_size"),
+            "provenance": describe(provenance or None),
+            "variant": "",
         }
         for index, (name, member) in enumerate(summary["members"].items())
     ]
@@ -153,8 +166,88 @@ def load_runs(run_dirs: list[str | Path]) -> pd.DataFrame:
     summaries, unfinished = find_summaries(run_dirs)
     rows = [row for path in summaries for row in summary_rows(path)]
     df = pd.DataFrame(rows, columns=RUN_COLUMNS)
+    df, notes = one_row_per_seed(label_variants(df)) if len(df) else (df, [])
     df.attrs["unfinished"] = [str(run) for run in unfinished]
+    df.attrs["notes"] = notes
     return df
+
+
+def flatten(value, prefix: str = "") -> dict[str, str]:
+    """Dotted keys -> compact JSON values of a config tree (lists stay one value)."""
+    if isinstance(value, dict) and value:
+        return {key: text for k, v in value.items() for key, text in flatten(v, f"{prefix}{k}.").items()}
+    return {prefix[:-1]: json.dumps(value, separators=(",", ":"), sort_keys=True)}
+
+
+def run_setting(run_dir: str | Path, world_size: int | None) -> dict[str, str]:
+    """Everything that made a run what it is: its resolved config.yaml (with the defaults of keys added since it was
+    written) and its process count, without the seed and paths (``NOT_SETTINGS``)."""
+    from sslkd.config import Config, from_dict, to_dict
+
+    try:
+        raw = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        raw = None
+    if not isinstance(raw, dict):
+        raw = {}
+    try:
+        raw = to_dict(from_dict(Config, raw))
+    except UserError:
+        pass  # a config written by another version: compared as it is
+    setting = {key: value for key, value in flatten(raw).items() if key not in NOT_SETTINGS}
+    setting["processes"] = json.dumps(world_size)
+    return setting
+
+
+FAMILY = ["method", "config", "tag", "dataset", "epochs", "cohort"]
+
+
+def _shown(value_json: str) -> str:
+    value = json.loads(value_json)
+    return value if isinstance(value, str) else value_json
+
+
+def label_variants(runs: pd.DataFrame) -> pd.DataFrame:
+    """Tell apart runs that tables would pool (same method, config file, tag, data, epochs and members) but whose
+    settings differ: each such group gets a ``variant`` naming its values of the keys that differ (``train.batch_size=
+    1024``, ``processes=2``), appended to ``tag``, which every table keeps apart and shows. Adds ``cohort`` (the run's
+    (member, backbone) pairs) for ``one_row_per_seed``."""
+    runs = runs.copy()
+    cohorts = {run: tuple(zip(group.member, group.backbone)) for run, group in runs.groupby("run_dir", sort=False)}
+    runs["cohort"] = runs.run_dir.map(cohorts)
+    per_run = runs.assign(tag=runs.tag.fillna("")).drop_duplicates("run_dir")
+    for _, family in per_run.groupby(FAMILY, sort=False, dropna=False):
+        settings = {row.run_dir: run_setting(row.run_dir, _int_or_none(row.world_size))
+                    for row in family.itertuples(index=False)}
+        keys = sorted({key for setting in settings.values() for key in setting})
+        differing = [key for key in keys if len({setting.get(key) for setting in settings.values()}) > 1]
+        for run, setting in settings.items():
+            runs.loc[runs.run_dir == run, "variant"] = ", ".join(
+                f"{key}={_shown(setting[key]) if key in setting else 'unset'}" for key in differing)
+    runs["tag"] = [("; ".join(filter(None, [tag, variant]))) if variant else tag
+                   for tag, variant in zip(runs.tag, runs.variant)]
+    return runs
+
+
+def _int_or_none(value) -> int | None:
+    return None if value is None or pd.isna(value) else int(value)
+
+
+SETTING = ["method", "config", "tag_key", "dataset", "epochs", "cohort", "seed"]
+
+
+def one_row_per_seed(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Keep one run per setting and seed: a second run of the same setting with the same seed is no independent
+    sample, so it is left out (the first run directory in sorted order stays) and named in a note."""
+    keyed = runs.assign(tag_key=runs.tag.fillna(""))
+    per_run = keyed.drop_duplicates("run_dir").sort_values("run_dir", kind="stable")
+    first = per_run.groupby(SETTING, sort=False, dropna=False).run_dir.transform("first")
+    dropped = per_run[per_run.run_dir != first]
+    notes = [f"repeated seed {seed}: {run} has the same setting and seed as {kept}, so it is left out (n counts "
+             "distinct seeds); give it another train.seed"
+             for run, kept, seed in zip(dropped.run_dir, first[dropped.index], dropped.seed)]
+    kept = keyed[~keyed.run_dir.isin(set(dropped.run_dir))]
+    return kept.drop(columns=["tag_key", "cohort"]), notes
 
 
 def member_objectives(run_dir: str | Path) -> dict[str, str]:

@@ -69,6 +69,14 @@ def format_stat(stat: Stat | None) -> str:
     return f"{stat.mean:.1f} +- {stat.std:.1f} ({stat.n})"
 
 
+def at_or_below_floor(value: float | None, floor: float | None) -> bool:
+    """Whether a trained model's k-NN is no better than its random initialisation's (both known)."""
+    return None not in (value, floor) and not math.isnan(value) and not math.isnan(floor) and value <= floor
+
+
+FLOOR_MARK = " [<= floor]"
+
+
 def format_value(value: float | None) -> str:
     return NA if value is None or math.isnan(value) else f"{value:.1f}"
 
@@ -143,10 +151,24 @@ def _alone_runs(alone: pd.DataFrame, method: str, backbone: str, dataset: str, e
                      f"(train one with sslkd train --method {method})")
         return same, ""
     if (same.epochs == epochs).any():
-        return same[same.epochs == epochs], ""
+        return _one_setting(same[same.epochs == epochs], notes, label), ""
     nearest = min(same.epochs.unique(), key=lambda e: (abs(e - epochs), -e))
     notes.append(f"no {epochs}-epoch {method} run of {backbone} on {dataset}: {label} uses its {nearest}-epoch runs")
-    return same[same.epochs == nearest], f" [{nearest} ep]"
+    return _one_setting(same[same.epochs == nearest], notes, label), f" [{nearest} ep]"
+
+
+def _one_setting(found: pd.DataFrame, notes: list[str], label: str) -> pd.DataFrame:
+    """The runs of one setting (config file and tag) among ``found``, never a pool of different ones: the untagged
+    setting if there is one, else the one with most seeds; a note names what was left out."""
+    settings = found.assign(tag=found.tag.fillna("")).groupby(["config", "tag"], sort=False).seed.nunique()
+    if len(settings) < 2:
+        return found
+    chosen = max(settings.index, key=lambda key: (key[1] == "", settings[key]))
+    others = [f"{config or 'default config'}{f' [{tag}]' if tag else ''}" for config, tag in settings.index
+              if (config, tag) != chosen]
+    notes.append(f"{label} uses {chosen[0] or 'default config'}{f' [{chosen[1]}]' if chosen[1] else ''} runs, not "
+                 f"{', '.join(others)} (different settings are not pooled)")
+    return found[(found.config == chosen[0]) & (found.tag.fillna("") == chosen[1])]
 
 
 def _independent(dino: pd.DataFrame, backbone: str, dataset: str, epochs: int,
@@ -437,17 +459,22 @@ def dogo_table1(runs: pd.DataFrame) -> pd.DataFrame:
 
 def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Any runs: one row per (method, config file, setting, member, backbone) with accuracies and wall time over
-    seeds; the config file keeps apart runs of one method with different options (SD-BYOL and SD-SimCLR)."""
+    seeds; the config file keeps apart runs of one method with different options (SD-BYOL and SD-SimCLR), the tag
+    (with the variant of runs whose settings differ) runs of one config file. Where runs recorded their k-NN at step 0,
+    a floor column follows the k-NN, and a k-NN mean at or below the floor's is marked."""
     keyed = runs.assign(
         tag=runs.tag.astype(object).where(runs.tag.notna(), ""),
         paper_name=runs.paper_name.astype(object).where(runs.paper_name.notna(), ""),
     )
+    floors = bool(runs.knn_floor.notna().any())
     keys = ["method", "config", "tag", "dataset", "epochs", "member", "backbone", "paper_name"]
     keyed = keyed.sort_values(["method", "config", "tag", "dataset", "epochs", "member_index"], kind="stable")
     rows = []
     for (method, config, tag, dataset, epochs, member, backbone, paper_name), group in keyed.groupby(
             keys, sort=False):
         wall = Stat.of(group.wall_time_s)
+        knn, floor = Stat.of(group.knn_top1), Stat.of(group.knn_floor)
+        below = epochs > 0 and at_or_below_floor(_mean(knn), _mean(floor))
         rows.append({
             "Method": f"{method} [{tag}]" if tag else method,
             "Config": config or NA,
@@ -455,15 +482,20 @@ def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
             "Backbone": backbone_label(backbone, paper_name),
             "Data set": dataset,
             "Epochs": str(epochs),
-            "k-NN top-1": format_stat(Stat.of(group.knn_top1)),
+            "k-NN top-1": format_stat(knn) + (FLOOR_MARK if below else ""),
+            **({"k-NN random init": format_stat(floor)} if floors else {}),
             "Linear top-1": format_stat(Stat.of(group.linear_top1)),
             "Wall time (min)": NA if wall is None else f"{wall.mean / 60:.1f}",
-            "Seeds": str(group.run_dir.nunique()),
+            "Seeds": str(group.seed.nunique()),
         })
-    table = pd.DataFrame(rows, columns=["Method", "Config", "Member", "Backbone", "Data set", "Epochs", "k-NN top-1",
-                                        "Linear top-1", "Wall time (min)", "Seeds"])
-    table.attrs = {"title": "Runs: top-1 (%) per method, config file and member",
-                   "notes": ["cells: mean +- sample std (n seeds) of top-1 %; wall time: mean per run"]}
+    columns = ["Method", "Config", "Member", "Backbone", "Data set", "Epochs", "k-NN top-1",
+               *(["k-NN random init"] if floors else []), "Linear top-1", "Wall time (min)", "Seeds"]
+    notes = ["cells: mean +- sample std (n seeds) of top-1 %; wall time: mean per run"]
+    if floors:
+        notes.append(f"k-NN random init: each member's k-NN at step 0 (its floor); '{FLOOR_MARK.strip()}': the "
+                     "trained mean is at or below it")
+    table = pd.DataFrame(rows, columns=columns)
+    table.attrs = {"title": "Runs: top-1 (%) per method, config file and member", "notes": notes}
     return table
 
 
@@ -545,18 +577,47 @@ def pick_table(runs: pd.DataFrame) -> tuple[str, list[str]]:
     return "runs", notes
 
 
-def compare_table(run_dirs: list[str | Path], table: str = "auto") -> pd.DataFrame:
-    """Load the runs under ``run_dirs`` and build the named table (``auto``: see ``pick_table``)."""
+def compare_table(run_dirs: list[str | Path], table: str = "auto", provenance: bool = False) -> pd.DataFrame:
+    """Load the runs under ``run_dirs`` and build the named table (``auto``: see ``pick_table``). Notes add what
+    every table needs: the floors (k-NN at step 0) and the members that end at or below theirs, runs left out as
+    repeated seeds or unfinished, and with ``provenance`` where the runs came from."""
     if table != "auto" and table not in TABLES:
         raise UserError(f"{TABLES.unknown_message(table)[:-1]}, or auto (picks one from the runs).")
     runs = load_runs(run_dirs)
     name, notes = pick_table(runs) if table == "auto" else (table, [])
     built = TABLES.get(name).build(runs)
+    notes += [*(floor_notes(runs) if name != "runs" else []), *floor_warnings(runs), *runs.attrs.get("notes", [])]
     unfinished = runs.attrs.get("unfinished", [])
     if unfinished:
         notes.append(f"not finished, left out: {', '.join(unfinished)}")
+    if provenance:
+        notes += provenance_notes(runs)
     built.attrs = {**built.attrs, "notes": [*built.attrs.get("notes", []), *notes]}
     return built
+
+
+def floor_notes(runs: pd.DataFrame) -> list[str]:
+    """One note with the mean k-NN at step 0 of every (method, setting, member) that recorded one."""
+    floors = runs[runs.knn_floor.notna()].assign(tag=runs.tag.fillna(""))
+    cells = [f"{method}{f' [{tag}]' if tag else ''} {member} ({backbone}) {format_stat(Stat.of(group.knn_floor))}"
+             for (method, tag, member, backbone), group in floors.groupby(["method", "tag", "member", "backbone"],
+                                                                          sort=False)]
+    return [f"random-init floors (k-NN at step 0, mean +- std (n)): {'; '.join(cells)}"] if cells else []
+
+
+def floor_warnings(runs: pd.DataFrame) -> list[str]:
+    """A warning per trained member whose k-NN is at or below its own random initialisation's."""
+    below = runs[[epochs > 0 and at_or_below_floor(knn, floor)
+                  for epochs, knn, floor in zip(runs.epochs, runs.knn_top1, runs.knn_floor)]]
+    return [f"WARNING: {row.member} of {row.run_dir} ends at k-NN {row.knn_top1:.1f}, at or below its random "
+            f"initialisation ({row.knn_floor:.1f}): it learned nothing the k-NN can see" for row in below.itertuples()]
+
+
+def provenance_notes(runs: pd.DataFrame) -> list[str]:
+    """Where the runs came from, one note per distinct provenance with its number of runs."""
+    per_run = runs.drop_duplicates("run_dir")
+    counts = per_run.provenance.value_counts(sort=False)
+    return [f"provenance: {text} ({count} run{'s' if count != 1 else ''})" for text, count in counts.items()]
 
 
 def compare(run_dirs: list[str | Path], table: str = "auto", fmt: str = "md") -> str:
