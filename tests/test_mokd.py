@@ -209,3 +209,123 @@ def test_nan_teacher_output_on_a_skipped_step_leaves_centers_untouched(tmp_path,
     later = [r for r in records if "loss" in r and r["step"] > 2]
     assert len(later) == poisoned.steps_per_epoch - 2
     assert all(np.isfinite(v) for r in later for k, v in r.items() if "/" in k or k == "loss")
+
+
+# ---------------------------------------------------------------------------------------------- optimiser groups (item 11)
+THEAD_OPT = dict(lr=0.002, min_lr=1.0e-5, weight_decay=0.04, weight_decay_end=0.4, warmup_epochs=1)
+CODE_WAY = [
+    "members.cnn.module_optimizers={thead: {name: adamw, lr: 0.002, min_lr: 1.0e-5, weight_decay: 0.04, "
+    "weight_decay_end: 0.4, warmup_epochs: 1}}",
+    "strategy.norm_last_layer_per_member={vit: false}",
+]
+
+
+def gain(member, head="dino"):
+    return member.student[head].last_layer.parametrizations.weight.original0
+
+
+def equal_nested(a, b):
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(equal_nested(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(equal_nested(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def test_zoo_configs_train_the_cnn_thead_with_the_vits_optimiser():
+    """The MOKD code: the CNN's T-Head in its own AdamW group with the ViT's settings; ViT head gain trainable."""
+    import glob
+    from pathlib import Path
+
+    from sslkd.config import load_config, strategy_options
+    from sslkd.engine.optim import resolve_optim
+    from sslkd.strategies.mokd import MOKDOptions
+
+    files = sorted(glob.glob(str(Path(__file__).resolve().parents[1] / "zoo_configs" / "mokd" / "*.yaml")))
+    assert len(files) >= 3
+    for path in files:
+        cfg = load_config(None, path, [])
+        cnn, vit = cfg.members["cnn"], cfg.members["vit"]
+        assert set(cnn.module_optimizers) == {"thead"}, path
+        assert resolve_optim(cnn.module_optimizers["thead"], "cnn") == resolve_optim(vit.optimizer, "vit"), path
+        assert resolve_optim(cnn.optimizer, "cnn").name == "sgd" and resolve_optim(vit.optimizer, "vit").name == "adamw"
+        options = strategy_options(cfg, MOKDOptions)
+        assert options.norm_last_layer and options.norm_last_layer_per_member == {"vit": False}, path
+
+
+def test_cnn_thead_has_its_own_optimiser_schedule_and_resumes(tmp_path, tiny_cfg):
+    import json
+    import math
+
+    from sslkd.engine.trainer import Trainer
+
+    straight = Trainer(tiny_cfg("mokd", CODE_WAY, epochs=2), tmp_path / "straight")
+    optimizers = straight.optimizers
+    assert list(optimizers) == ["cnn", "cnn/thead", "vit"]
+    assert type(optimizers["cnn"].optimizer) is torch.optim.SGD
+    assert type(optimizers["cnn/thead"].optimizer) is torch.optim.AdamW
+    assert type(optimizers["vit"].optimizer) is torch.optim.AdamW
+    # every trainable student parameter in exactly one optimiser; the thead's in the thead's, the rest in the member's
+    owner = {}
+    for key, part in optimizers.items():
+        for group in part.optimizer.param_groups:
+            for p in group["params"]:
+                assert id(p) not in owner, f"a parameter is in {owner.get(id(p))} and {key}"
+                owner[id(p)] = key
+    for name, member in straight.strategy.members.items():
+        for pname, p in member.student.named_parameters():
+            if not p.requires_grad:
+                assert id(p) not in owner, pname
+                continue
+            want = "cnn/thead" if name == "cnn" and pname.startswith("thead.") else name
+            assert owner.get(id(p)) == want, f"{name}.{pname}"
+        assert all(id(p) not in owner for p in member.teacher.parameters())
+    # the thead's lr and weight decay follow its own schedule (DINO's linspace warm-up, then cosine), by hand
+    spe, total = straight.steps_per_epoch, straight.total_steps
+    base, warmup = THEAD_OPT["lr"] * 16 / 256, round(THEAD_OPT["warmup_epochs"] * spe)
+    for step in (1, warmup - 1, warmup + 1, total - 1):
+        lrs = straight.set_schedules(StepInfo(step, step // spe, spe, total))
+        if step < warmup:
+            lr = base * step / (warmup - 1)
+        else:
+            lr = THEAD_OPT["min_lr"] + 0.5 * (base - THEAD_OPT["min_lr"]) * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+        wd = 0.4 + 0.5 * (0.04 - 0.4) * (1 + math.cos(math.pi * step / total))
+        assert lrs["cnn/thead"] == pytest.approx(lr, rel=1e-12, abs=1e-15)
+        groups = optimizers["cnn/thead"].optimizer.param_groups
+        assert all(g["lr"] == lrs["cnn/thead"] for g in groups)
+        assert [g["weight_decay"] for g in groups] == pytest.approx([wd, 0.0], rel=1e-12)
+        assert lrs["cnn/thead"] != lrs["cnn"]
+        assert optimizers["cnn"].optimizer.param_groups[0]["weight_decay"] == pytest.approx(1e-4)
+
+    cnn_gain, vit_gain = gain(straight.strategy.members["cnn"]), gain(straight.strategy.members["vit"])
+    assert not cnn_gain.requires_grad and vit_gain.requires_grad
+    assert owner[id(vit_gain)] == "vit"
+    vit_gain_start = vit_gain.detach().clone()
+    straight.fit()
+    assert torch.equal(cnn_gain, torch.ones_like(cnn_gain))  # norm_last_layer: the CNN's gain fixed at 1
+    assert not torch.equal(vit_gain, vit_gain_start)  # the ViT's trains (after the frozen first epoch)
+
+    interrupted = Trainer(tiny_cfg("mokd", CODE_WAY, epochs=2), tmp_path / "resumed")
+    interrupted.fit(stop_at_epoch=1)
+    kept = torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=False)
+    assert set(kept["optimizers"]) == {"cnn", "cnn/thead", "vit"}
+    assert kept["optimizers"]["cnn/thead"]["state"], "the thead's AdamW moments are checkpointed"
+    resumed = Trainer(tiny_cfg("mokd", CODE_WAY, epochs=2), tmp_path / "resumed", resume=True)
+    for key in ("cnn", "cnn/thead", "vit"):
+        assert equal_nested(resumed.optimizers[key].optimizer.state_dict(), kept["optimizers"][key]), key
+    resumed.fit()
+    a, b = straight.strategy.state_dict(), resumed.strategy.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    for key in straight.optimizers:
+        assert equal_nested(straight.optimizers[key].optimizer.state_dict(), resumed.optimizers[key].optimizer.state_dict()), key
+
+    def records(run):
+        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k != "images_per_s"} for line in lines]
+
+    assert records("straight") == records("resumed")
+    assert all("lr/cnn/thead" in r for r in records("straight") if "loss" in r)
