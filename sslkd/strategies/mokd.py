@@ -23,6 +23,10 @@ Options for paper/code differences (METHODS.md); the paper-reproduction configs 
 - ``self_warmup_teacher_temp_epochs``: per member, the teacher-temperature warm-up of its self terms (the code
   uses 50 epochs for the CNN, 30 for everything else).
 - ``detach_search_query``: the code detaches the query token; the paper does not say.
+- ``norm_last_layer_per_member`` (DINOOptions): the code builds the ViT's MLP-Head with ``norm_last_layer=False``
+  (trainable gain) and the CNN's with True; ``members.<name>.module_optimizers`` (config): the code trains the
+  CNN's T-Head in its own parameter group with the ViT's AdamW settings and schedules, e.g.
+  ``members.cnn.module_optimizers: {thead: {name: adamw, lr: 3.0e-4, ...}}``.
 L_ct takes no centering, as in the code. The members' graphs are disjoint (targets are teachers or detached), so
 one backward of sum_i L_i equals the code's two backward passes.
 """
