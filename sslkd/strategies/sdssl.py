@@ -263,9 +263,12 @@ class SDSSL(MomentumSSL):
         return losses
 
     def schedule_values(self, step) -> dict[str, float]:
+        """alpha(t), the weight of L_isd at ``step`` (Eq. 4, the cosine ramp), logged with the lr."""
         return {"alpha": alpha_at(step.step, step.total_steps, self.options.alpha, self.options.alpha_schedule)}
 
     def member_losses(self, name: str, out: SDSSLOutputs, step) -> dict[str, torch.Tensor]:
+        """One member's terms (Eq. 3-6): L_ssl and L_isd summed over both directions (or, with ``simclr_loss:
+        nt_xent``, NT-Xent over both views' 2N rows), L_pred summed over layers and directions."""
         opts = self.options
         student, z = out.student, out.targets
         directions = ((0, 1), (1, 0))
