@@ -159,3 +159,75 @@ def test_extract_features_gathers_across_ranks():
     for f, y in ((feats, labels), (feats_alone, labels_alone)):
         assert torch.allclose(f, F.normalize(data.x, dim=1), atol=1e-6)
         assert torch.equal(y, data.y)
+
+
+# ---------------------------------------------------------------------------------------------- top-5 (issue 17 item 6)
+def fan(n):
+    """n unit vectors at angles 0.1, 0.2, ...: neighbour i of a query at angle 0 is train row i."""
+    return torch.tensor([unit(0.1 * (i + 1)) for i in range(n)])
+
+
+def test_top5_differs_from_top1_hand_computed():
+    from sslkd.eval.knn import knn_rank, knn_topk_accuracy
+
+    # Seven neighbours of classes 0..6 in order of similarity; T=0.07 makes the weighted votes strictly decreasing.
+    train, labels = fan(7), torch.arange(7)
+    test = torch.tensor([unit(0.0)] * 3)
+    test_labels = torch.tensor([4, 6, 0])
+    for reference in (False, True):
+        ranked = knn_rank(train, labels, test, (1, 3, 20), 10, top=5, reference=reference)
+        assert ranked[1].tolist() == [[0]] * 3
+        assert ranked[3].tolist() == [[0, 1, 2]] * 3  # DINO: top-5 over the first min(5, k) classes
+        assert ranked[20].tolist() == [[0, 1, 2, 3, 4]] * 3  # k capped at the 7 train rows
+    accs = knn_topk_accuracy(train, labels, test, test_labels, ks=(1, 3, 20), num_classes=10)
+    third = 100.0 / 3
+    # label 4 is the 5th class: a top-5 hit only once k >= 5; label 6 is 7th: never; label 0: always
+    assert accs[1] == pytest.approx({1: third, 5: third})
+    assert accs[3] == pytest.approx({1: third, 5: third})
+    assert accs[20] == pytest.approx({1: third, 5: 2 * third})
+    assert knn_accuracy(train, labels, test, test_labels, ks=(1, 3, 20), num_classes=10) == pytest.approx(
+        {k: a[1] for k, a in accs.items()}
+    )
+
+
+def test_majority_ranking_breaks_ties_by_nearest_then_unvoted_classes_last():
+    from sslkd.eval.knn import knn_rank
+
+    # neighbours' classes in order of similarity: 0, 1, 1, 2, 2, 2, 3 -> counts 2:3, 1:2, 0:1, 3:1 (0 is nearer)
+    train, labels = fan(7), torch.tensor([0, 1, 1, 2, 2, 2, 3])
+    test = torch.tensor([unit(0.0)])
+    for reference in (False, True):
+        ranked = knn_rank(train, labels, test, (7,), 6, vote="majority", top=5, reference=reference)
+        assert ranked[7].tolist() == [[2, 1, 0, 3, 4]]  # class 5 would follow class 4: neither has a vote
+        # weighted, T=1: similar votes; class 2's three neighbours outweigh the nearer ones
+        weighted = knn_rank(train, labels, test, (7,), 6, temperature=1.0, top=6, reference=reference)[7]
+        assert weighted.tolist() == [[2, 1, 0, 3, 4, 5]]
+
+
+@pytest.mark.parametrize("vote", ["weighted", "majority"])
+def test_ranking_faiss_matches_torch_and_first_column_is_the_prediction(vote):
+    from sslkd.eval.knn import knn_rank
+
+    train, labels, test = random_problem(300, 41, num_classes=8)
+    ks = (1, 4, 20, 100)
+    got = knn_rank(train, labels, test, ks, 8, vote=vote, chunk_size=16, top=5)
+    ref = knn_rank(train, labels, test, ks, 8, vote=vote, top=5, reference=True)
+    preds = knn_predict(train, labels, test, ks, 8, vote=vote)
+    for k in ks:
+        assert got[k].shape == (41, min(5, k))
+        assert torch.equal(got[k], ref[k]), k
+        assert torch.equal(got[k][:, 0], preds[k]), k
+
+
+def test_protocol_records_top5_beside_top1(tiny_cfg):
+    from sslkd.eval.protocol import knn_results
+
+    train, labels = fan(7), torch.arange(7)
+    test, test_labels = torch.tensor([unit(0.0)] * 3), torch.tensor([4, 6, 0])
+    cfg = tiny_cfg("dino", ["eval.knn_k=[3, 20]"])
+    results = knn_results(train, labels, test, test_labels, cfg, 10)
+    third = 100.0 / 3
+    assert results["knn_top1"] == pytest.approx(third) and results["knn_top5"] == pytest.approx(2 * third)
+    assert results["knn"] == pytest.approx({"3": third, "20": third})
+    assert results["knn_top5_per_k"] == pytest.approx({"3": third, "20": 2 * third})
+    assert "knn_dogo_mean" in results

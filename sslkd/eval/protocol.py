@@ -13,7 +13,7 @@ from sslkd.data.transforms import EvalTransform
 from sslkd.engine import distributed as dist
 from sslkd.errors import UserError
 from sslkd.eval.features import extract_features
-from sslkd.eval.knn import dogo_knn_mean, knn_accuracy
+from sslkd.eval.knn import dogo_knn_mean, knn_topk_accuracy
 
 ENCODERS = typing.get_args(typing.get_type_hints(EvalConfig)["encoder"])
 FEATURE_SOURCE = ("the backbone of the evaluated encoder (protocol 'encoder': the EMA teacher or the student, "
@@ -33,12 +33,14 @@ def eval_loaders(cfg: Config, image_size: int | None = None) -> tuple[DataLoader
 
 def knn_results(train_feats, train_labels, test_feats, test_labels, cfg: Config, num_classes: int) -> dict:
     ks = sorted(set(cfg.eval.knn_k) | {20})
-    accuracies = knn_accuracy(
+    accuracies = knn_topk_accuracy(
         train_feats, train_labels, test_feats, test_labels, ks=ks, temperature=cfg.eval.knn_temperature, num_classes=num_classes
     )
     return {
-        "knn_top1": accuracies[20],
-        "knn": {str(k): accuracies[k] for k in ks},
+        "knn_top1": accuracies[20][1],
+        "knn_top5": accuracies[20][5],  # DINO's protocol reports top-5 beside top-1
+        "knn": {str(k): accuracies[k][1] for k in ks},
+        "knn_top5_per_k": {str(k): accuracies[k][5] for k in ks},
         "knn_dogo_mean": dogo_knn_mean(train_feats, train_labels, test_feats, test_labels, num_classes=num_classes),
     }
 
