@@ -232,3 +232,84 @@ def test_paper_numbers_transcribed():
     assert t3[(t3.method == "ReKD") & (t3.pair == "R50-R34")].linear.isna().all()
     with pytest.raises(UserError, match="unknown paper table 'mokd_table99'. Known: .*dogo_table1, .*mokd_table1"):
         load_paper_numbers("mokd_table99")
+
+
+# ------------------------------------------------------------------------------ grouping, floors, provenance
+def write_configured_run(run_dir, seed, changes=None, knn=50.0, floor=None, world_size=None):
+    """A dino run whose resolved config is the default changed by ``changes`` (a nested mapping); its seed and
+    output_dir differ from run to run, as they do in real sweeps."""
+    import yaml
+
+    from sslkd.config import deep_merge
+
+    write_run(run_dir, "dino", seed, {"student": {**member(CNN, knn), "random_init": floor and {"knn_top1": floor}}})
+    config = deep_merge({"method": "dino", "members": {"cnn": {"backbone": "cifar_resnet20"}},
+                         "train": {"seed": seed}, "output_dir": str(run_dir)}, changes or {})
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    if world_size is not None:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        summary["provenance"] = {"sslkd_version": "0.1.0", "git_revision": {"commit": "a" * 40, "dirty": True},
+                                 "torch_version": "2.4.0", "world_size": world_size, "device_type": "cpu",
+                                 "precision": "fp32"}
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+
+
+def test_compare_keeps_runs_of_different_settings_apart_and_says_what_differs(tmp_path):
+    root = tmp_path / "runs"
+    write_configured_run(root / "default_s0", 0, None, knn=70.0)
+    write_configured_run(root / "default_s1", 1, None, knn=72.0)
+    write_configured_run(root / "neg_lr", 0, {"members": {"cnn": {"optimizer": {"lr": 0.5}}}}, knn=60.0)
+    write_configured_run(root / "big_batch", 0, {"train": {"batch_size": 1024}}, knn=80.0)
+    table = runs_table(load_runs([root]))
+    assert len(table) == 3, table.Method.tolist()
+    labels = " | ".join(table.Method)
+    assert "train.batch_size=1024" in labels and "members.cnn.optimizer.lr=0.5" in labels
+    pooled = table[table["k-NN top-1"] == "71.0 +- 1.4 (2)"]
+    assert len(pooled) == 1 and pooled.Seeds.iloc[0] == "2"
+
+
+def test_compare_tells_one_process_from_two(tmp_path):
+    write_configured_run(tmp_path / "one", 0, None, knn=70.0, world_size=1)
+    write_configured_run(tmp_path / "two", 1, None, knn=60.0, world_size=2)
+    table = runs_table(load_runs([tmp_path]))
+    assert sorted(table.Method) == ["dino [processes=1]", "dino [processes=2]"]
+    assert set(table["k-NN top-1"]) == {"70.0 (1)", "60.0 (1)"}
+
+
+def test_a_repeated_seed_is_flagged_and_not_averaged(tmp_path):
+    write_configured_run(tmp_path / "a", 0, None, knn=70.0)
+    write_configured_run(tmp_path / "b", 0, None, knn=50.0)
+    write_configured_run(tmp_path / "c", 1, None, knn=72.0)
+    table = compare_table([tmp_path], "runs")
+    assert table["k-NN top-1"].tolist() == ["71.0 +- 1.4 (2)"] and table.Seeds.tolist() == ["2"]
+    assert any(note.startswith("repeated seed 0:") and str(tmp_path / "b") in note for note in table.attrs["notes"])
+
+
+def test_floors_are_shown_and_a_member_at_or_below_its_floor_is_warned_about(tmp_path):
+    write_configured_run(tmp_path / "s0", 0, None, knn=65.8, floor=90.6)
+    write_configured_run(tmp_path / "s1", 1, None, knn=66.2, floor=90.2)
+    table = compare_table([tmp_path], "runs")
+    assert table["k-NN random init"].tolist() == ["90.4 +- 0.3 (2)"]
+    assert table["k-NN top-1"].iloc[0].endswith("[<= floor]")
+    warnings = [note for note in table.attrs["notes"] if note.startswith("WARNING")]
+    assert len(warnings) == 2 and "at or below its random initialisation (90.6)" in warnings[0]
+
+
+def test_runs_without_floors_keep_the_old_columns(sweep):
+    assert "k-NN random init" not in runs_table(load_runs([sweep])).columns
+
+
+def test_paper_tables_note_the_floors(sweep):
+    summary_path = sweep / "mokd" / "s0" / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary["members"]["cnn"]["random_init"] = {"knn_top1": 30.0}
+    summary_path.write_text(json.dumps(summary))
+    notes = compare_table([sweep], "mokd_table1").attrs["notes"]
+    assert any(note.startswith("random-init floors") and "mokd cnn (cifar_resnet20) 30.0 (1)" in note
+               for note in notes)
+
+
+def test_compare_shows_provenance_when_asked(tmp_path):
+    write_configured_run(tmp_path / "one", 0, None, world_size=2)
+    notes = compare_table([tmp_path], "runs", provenance=True).attrs["notes"]
+    assert "provenance: sslkd 0.1.0 @ aaaaaaa+dirty, torch 2.4.0, cpu fp32, 2 processes (1 run)" in notes

@@ -413,7 +413,7 @@ def run_plan(plan: Plan, log=print) -> list[tuple[str, str]]:
     table = plan.table
     for config in plan.floors():
         run_dir = plan.out / "random_init" / _stem(config)
-        plan.actions.append((train(_resolve(config), run_dir, [*table.overrides, "train.epochs=0"], log),
+        plan.actions.append((train(_resolve(config), run_dir, [*table.overrides, "--random-init"], log),
                              str(run_dir)))
     for seed in plan.seeds:
         for config in plan.configs():
@@ -572,6 +572,16 @@ def load_spec(path: str) -> Table:
     return Table(**{"paper": raw["name"], "about": "", **fields, "evaluations": evaluations})
 
 
+def with_data_root(table: Table, data_root: str) -> Table:
+    """The table training on ``data_root`` (made absolute here, since the runs start from the repository root); a run's
+    data root is a path, not a setting, so its runs group with runs made on another copy of the same data."""
+    root = Path(data_root).expanduser().resolve()
+    if not root.is_dir():
+        raise UserError(f"--data-root '{data_root}' does not exist (resolved: {root}); build the CIFAR-10 subset with "
+                        f"`sslkd data cifar10-subset --cifar10 DIR --out {data_root}`")
+    return dataclasses.replace(table, overrides=(*table.overrides, f"data.root={root}"))
+
+
 def main(argv: list[str] | None = None, log=print) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("table", nargs="?", help="table name (see --list)")
@@ -581,6 +591,8 @@ def main(argv: list[str] | None = None, log=print) -> int:
     parser.add_argument("--spec", help="read the table from this YAML/JSON file instead of the built-in list")
     parser.add_argument("--out", help="run directory root (default runs/proxy_<runs> or runs/<runs>)")
     parser.add_argument("--results", default=str(ROOT / "results"), help="results directory (default results/)")
+    parser.add_argument("--data-root", help="train on the data here instead of the configs' data.root (e.g. the "
+                        "CIFAR-10 subset built by `sslkd data cifar10-subset`); relative to the current folder")
     parser.add_argument("--tables-only", action="store_true",
                         help="rebuild the table files from the run records in results/ (no training, no evaluation;"
                              " works on a fresh clone)")
@@ -597,6 +609,8 @@ def main(argv: list[str] | None = None, log=print) -> int:
             raise UserError(f"unknown table {args.table!r}; known: {', '.join(TABLES)} (or pass --spec FILE)")
         if args.seeds < 1:
             raise UserError(f"--seeds {args.seeds}: need at least one seed")
+        if args.data_root:
+            table = with_data_root(table, args.data_root)
         group = f"proxy_{table.run_group}" if args.proxy else table.run_group
         results = Path(args.results).resolve()
         out = results / group if args.tables_only else Path(args.out).resolve() if args.out else ROOT / "runs" / group

@@ -45,6 +45,18 @@ def curves(records: list[dict]) -> dict[str, dict[str, tuple[list[float], list[f
     return out
 
 
+def floors(records: list[dict]) -> dict[str, float]:
+    """Each member's k-NN at step 0 (the trainer's first k-NN record), the floor its curve must rise above."""
+    first = next((r for r in records if r.get("step") == 0 and any(k.startswith("knn/") for k in r)), {})
+    return {key[4:]: value for key, value in first.items() if key.startswith("knn/")}
+
+
+def below_floor(data: dict, floor: dict[str, float]) -> list[str]:
+    """Members whose last k-NN after training is at or below their floor."""
+    return [name for name, (xs, ys) in data["knn"].items()
+            if name in floor and len(xs) > 1 and xs[-1] > 0 and ys[-1] <= floor[name]]
+
+
 def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
     """Write losses.png, lr.png and knn.png (those with data) to ``out_dir`` (default RUN_DIR/plots)."""
     import matplotlib
@@ -53,7 +65,8 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
-    data = curves(read_metrics(run_dir))
+    records = read_metrics(run_dir)
+    data, floor = curves(records), floors(records)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "plots"
     out_dir.mkdir(parents=True, exist_ok=True)
     title = _title(run_dir)
@@ -64,13 +77,18 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
             continue
         fig, ax = plt.subplots(figsize=(7, 4))
         for name, (xs, ys) in sorted(data[group].items(), key=lambda item: (item[0] != "loss", item[0])):
-            ax.plot(xs, ys, label=name, marker="o" if len(xs) < 20 else None,
-                    linewidth=2.0 if name == "loss" else 1.0)
+            line, = ax.plot(xs, ys, label=name, marker="o" if len(xs) < 20 else None,
+                            linewidth=2.0 if name == "loss" else 1.0)
+            if group == "knn" and name in floor:
+                ax.axhline(floor[name], color=line.get_color(), linestyle="--", linewidth=0.8,
+                           label=f"{name} random init {floor[name]:.1f}")
         if log and all(y > 0 for _, ys in data[group].values() for y in ys):
             ax.set_yscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
-        ax.set_title(title, fontsize=9)
+        below = below_floor(data, floor) if group == "knn" else []
+        ax.set_title(title + (f"\nWARNING: {', '.join(below)} at or below random init" if below else ""),
+                     fontsize=9, color="red" if below else "black")
         ax.legend(fontsize=7)
         fig.tight_layout()
         path = out_dir / f"{'losses' if group == 'loss' else group}.png"
