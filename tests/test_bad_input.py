@@ -186,3 +186,115 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(capsys, tmp_path, 
     kept = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert kept["step"] == saves[0] and kept["epoch"] == 1
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["last.pt"]
+
+
+# ---------------------------------------------------------------------------------------------------- values
+@pytest.mark.parametrize("override, expected", [
+    ("members.cnn.optimizer.lr=-0.1", "config key 'members.cnn.optimizer.lr': -0.1 is below 0"),
+    ("train.epochs=0", "train.epochs=0 trains nothing"),
+    ("train.batch_size=0", "config key 'train.batch_size': 0 is below 1"),
+    ("data.num_workers=-1", "config key 'data.num_workers': -1 is below 0"),
+    ("data.augment.global_scale=[1.5,0.2]", "config key 'data.augment.global_scale': [1.5, 0.2] is not a range"),
+    ("data.augment.local_scale=[0.4,0.05]", "write the smaller number first: data.augment.local_scale=[0.05,0.4]"),
+])
+def test_values_that_cannot_train(capsys, tmp_path, override, expected):
+    assert expected in fails(capsys, *TINY_DINO, override, "--output-dir", str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_yaml_error_names_line_and_column(capsys, tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("method: dino\ntrain:\n  epochs: [1, 2\n")
+    assert "line 4, column 1" in fails(capsys, "train", "--config", str(config), "--output-dir", str(tmp_path / "r"))
+    assert not (tmp_path / "r").exists()
+
+
+# ---------------------------------------------------------------------------------------------------- output dir
+def test_output_dir_that_cannot_be_created(capsys, tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    line = fails(capsys, *TINY_DINO, "--output-dir", str(tmp_path / "a_file" / "run"))
+    assert "cannot create --output-dir" in line and "is a file" in line
+
+
+def test_output_dir_that_cannot_be_written(capsys, tmp_path, monkeypatch):
+    import os
+
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if str(path) == str(tmp_path) else real_access(path, mode))
+    line = fails(capsys, *TINY_DINO, "--output-dir", str(tmp_path / "run"))
+    assert "no write permission" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_output_dir_holding_something_else_is_refused(capsys, tmp_path):
+    image_folder(tmp_path / "data")
+    for extra in ([], ["--overwrite"]):
+        line = fails(capsys, *TINY_DINO, "--output-dir", str(tmp_path / "data"), *extra)
+        assert "is not empty and holds no sslkd run" in line
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["test", "train"]
+
+
+def test_compare_output_into_a_missing_folder_is_created(tmp_path, capsys):
+    from test_report import write_configured_run
+
+    write_configured_run(tmp_path / "run", 0)
+    out = tmp_path / "new" / "folder" / "table.md"
+    assert main(["compare", str(tmp_path / "run"), "--output", str(out)]) == 0
+    assert out.read_text().startswith("**Runs")
+
+
+# ---------------------------------------------------------------------------------------------------- checkpoints
+def test_config_yaml_passed_as_a_checkpoint(capsys, tmp_path):
+    (tmp_path / "config.yaml").write_text("method: dino\n")
+    line = fails(capsys, "eval", "knn", "--checkpoint", str(tmp_path / "config.yaml"))
+    assert "is not a checkpoint" in line and "truncated" not in line
+
+
+def test_random_init_run_is_asked_for_by_name(tmp_path, capsys):
+    import json
+
+    run = tmp_path / "floor"
+    assert main([*TINY_DINO, "--random-init", "--output-dir", str(run)]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs"] == 0
+    assert summary["members"]["cnn"]["random_init"]["knn_top1"] == summary["members"]["cnn"]["knn_top1"]
+
+
+# ---------------------------------------------------------------------------------------------------- pipes
+def test_broken_pipe_is_one_line(tmp_path):
+    """`sslkd compare ... | true`: the reader is gone before sslkd (seconds to start) writes a byte."""
+    import subprocess
+    import sys
+
+    from test_report import write_configured_run
+
+    write_configured_run(tmp_path / "run", 0)
+    done = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} -m sslkd compare {tmp_path} | true"],
+                          capture_output=True, text=True, timeout=120)
+    errors = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(errors) == 1, done.stderr
+    assert errors[0].startswith("sslkd: error: ") and "broken pipe" in errors[0]
+
+
+# ---------------------------------------------------------------------------------------------------- warnings
+def warnings_of(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+
+
+def test_one_class_data_set_warns(capsys, tmp_path):
+    root = tmp_path / "data"
+    image_folder(root)
+    for split in ("train", "test"):
+        import shutil
+
+        shutil.rmtree(root / split / "b")
+    assert main([*TINY_DINO, "data.name=imagefolder", f"data.root={root}", "data.train_subset=null",
+                 "train.batch_size=4", "data.augment.global_size=16", "data.augment.local_size=8",
+                 "--output-dir", str(tmp_path / "run")]) == 0
+    assert any("only one class" in line for line in warnings_of(capsys))
+
+
+def test_fewer_steps_than_the_warm_up_warns(capsys, tmp_path):
+    assert main([*TINY_DINO, "members.cnn.optimizer.warmup_epochs=10", "--output-dir", str(tmp_path / "run")]) == 0
+    lines = warnings_of(capsys)
+    assert len(lines) == 1 and "warms its learning rate up over 40 steps but the run has only 4" in lines[0]
