@@ -19,7 +19,6 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     TextColumn,
-    TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.table import Column
@@ -48,6 +47,7 @@ from sslkd.report.provenance import run_provenance
 from sslkd.strategies.base import StepInfo, Strategy
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
+PROGRESS_FIXED_WIDTH = 46  # method name, step/total, time left, bar and the gaps between them
 
 
 def pick_device(name: str) -> torch.device:
@@ -354,8 +354,8 @@ class Trainer:
             MofNCompleteColumn(),
             TimeRemainingColumn(),
             BarColumn(bar_width=12),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[info]}", table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1)),
+            TextColumn("{task.fields[info]}", table_column=Column(
+                no_wrap=True, overflow="ellipsis", max_width=max(self.console.width - PROGRESS_FIXED_WIDTH, 8))),
             console=self.console,
             disable=not dist.is_main_process() or not self.console.is_terminal,  # a log file gets _log_step's lines
         )
