@@ -134,6 +134,7 @@ class Strategy(nn.Module):
             n_local=aug.n_local,
             global_scale=aug.global_scale,
             local_scale=aug.local_scale,
+            blur=aug.blur,
             mean=self.info.mean,
             std=self.info.std,
         )

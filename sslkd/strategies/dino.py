@@ -88,14 +88,15 @@ class DINO(Strategy):
         self.centers = Centers([f"{name}/dino" for name in self.members], opts.out_dim)
 
     def network_outputs(self, views):
-        """Per member: the student head over every crop (one backbone pass per resolution, globals first), the
+        """Per member: the student head over every crop (one backbone pass per resolution, globals first, then
+        one head pass over all their features, as DINO's MultiCropWrapper: head batch-norm sees every crop), the
         EMA teacher's head over the global crops."""
         groups = group_by_resolution(views)
         global_batch = groups[0][2][: self.cfg.data.augment.n_global * views[0].shape[0]]
         outputs = {}
         for name, member in self.members.items():
             student = member.student
-            student_logits = torch.cat([student["dino"](student["backbone"](batch)) for _, _, batch in groups])
+            student_logits = student["dino"](torch.cat([student["backbone"](batch) for _, _, batch in groups]))
             with torch.no_grad():
                 teacher = member.teacher.module
                 teacher_logits = teacher["dino"](teacher["backbone"](global_batch))

@@ -179,14 +179,15 @@ class MOKD(Strategy):
 
     @staticmethod
     def _student_outputs(student: nn.ModuleDict, groups) -> dict[str, torch.Tensor]:
-        """Both heads over every crop (one backbone pass per resolution) and the pooled features for queries."""
-        pooled, mlp, thead = [], [], []
+        """Both heads over every crop and the pooled features for queries: one backbone and T-Head pass per
+        resolution (their token grids differ), one MLP-Head pass over every crop's pooled feature (DINO)."""
+        pooled, thead = [], []
         for _, _, batch in groups:
             feats, tokens, grid = student["backbone"].forward_tokens(batch)
             pooled.append(feats)
-            mlp.append(student["dino"](feats))
             thead.append(student["thead"](tokens, grid))
-        return {"pooled": torch.cat(pooled), "mlp": torch.cat(mlp), "thead": torch.cat(thead)}
+        pooled = torch.cat(pooled)
+        return {"pooled": pooled, "mlp": student["dino"](pooled), "thead": torch.cat(thead)}
 
     @staticmethod
     def _teacher_outputs(teacher: nn.ModuleDict, global_batch: torch.Tensor) -> dict[str, torch.Tensor]:
