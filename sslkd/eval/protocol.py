@@ -84,14 +84,19 @@ def checked_encoder(encoder: str) -> str:
 
 def strategy_from_checkpoint(path, data_name: str | None = None, data_root: str | None = None,
                              encoder: str | None = None):
-    """Rebuild a run's strategy from its checkpoint (the config travels inside it) and load the weights.
+    """Rebuild a run's strategy from its checkpoint (the config travels inside it) and load the weights; ``path`` is
+    the checkpoint or the run directory holding it.
 
     ``encoder`` (``auto``, ``teacher`` or ``student``) replaces the run's ``eval.encoder``: which encoder is
     evaluated."""
+    from pathlib import Path
+
     from sslkd.config import Config, from_dict
     from sslkd.engine.checkpoint import load_checkpoint
     from sslkd.registry import STRATEGIES, load_run_plugins
 
+    if (Path(path) / "checkpoints" / "last.pt").is_file():
+        path = Path(path) / "checkpoints" / "last.pt"
     state = load_checkpoint(path)
     cfg = from_dict(Config, state["config"])
     load_run_plugins(cfg.plugins)
@@ -112,8 +117,8 @@ def strategy_from_checkpoint(path, data_name: str | None = None, data_root: str 
 
 def knn_of_checkpoint(path, member: str | None = None, data_name: str | None = None, data_root: str | None = None,
                       device: str = "auto", encoder: str | None = None) -> dict:
-    """``sslkd eval knn`` and tools/knn_eval.py: the run-end k-NN protocol on any checkpoint, member and encoder
-    (``encoder`` replaces the run's ``eval.encoder``)."""
+    """``sslkd eval knn`` and tools/knn_eval.py: the run-end k-NN protocol on any checkpoint (or run directory),
+    member and encoder (``encoder`` replaces the run's ``eval.encoder``)."""
     from sslkd.engine.trainer import pick_device
     from sslkd.errors import UserError
 
