@@ -46,12 +46,13 @@ def cross_entropy(logits, labels):
     return -sum(log_softmax(logits[i])[labels[i]] for i in range(len(labels))) / len(labels)
 
 
-def kl_at(target_rows, rows, temperature):
-    """T^2 1/B sum_i KL(softmax(t_i / T) || softmax(s_i / T)), the targets constants."""
+def kl_at(target_rows, rows, temperature, weights=None):
+    """T^2 1/B sum_i w_i KL(softmax(t_i / T) || softmax(s_i / T)), the targets constants, w_i = 1 by default."""
     total = 0.0
-    for target, row in zip(target_rows, rows):
+    for i, (target, row) in enumerate(zip(target_rows, rows)):
         log_q = log_softmax(target.detach() / temperature)
-        total = total + (log_q.exp() * (log_q - log_softmax(row / temperature))).sum()
+        kl = (log_q.exp() * (log_q - log_softmax(row / temperature))).sum()
+        total = total + (kl if weights is None else weights[i] * kl)
     return temperature**2 * total / len(rows)
 
 
@@ -62,29 +63,31 @@ def contrastive_rows(similarity, keep_anchor):
             for i in range(similarity.shape[0])]
 
 
-def supervised_contrastive(similarity, labels):
+def supervised_contrastive(similarity, labels, weights=None):
     """MCL Eq. (2)/(5) with in-batch positives: anchor i's loss is -log p over each same-label sample j != i, averaged
-    over its positives; the softmax runs over every j != i."""
+    over its positives; the softmax runs over every j != i. ``weights`` w_i scale anchor i's loss."""
     total = 0.0
     for i in range(similarity.shape[0]):
         others = [j for j in range(similarity.shape[0]) if j != i]
         log_p = log_softmax(similarity[i, others])
         positives = [k for k, j in enumerate(others) if labels[j] == labels[i]]
-        total = total - sum(log_p[k] for k in positives) / len(positives)
+        loss = -sum(log_p[k] for k in positives) / len(positives)
+        total = total + (loss if weights is None else weights[i] * loss)
     return total / similarity.shape[0]
 
 
-def mcl_terms(v, labels, alpha, beta, tau, temperature, keep_anchor):
-    """MCL Eq. (3), (7), (8), (9) and (10) for embeddings ``v`` {member: [B, d]}."""
+def mcl_terms(v, labels, alpha, beta, tau, temperature, keep_anchor, weights=None):
+    """MCL Eq. (3), (7), (8), (9) and (10) for embeddings ``v`` {member: [B, d]}, every anchor's row weighted by
+    ``weights`` when given."""
     names = list(v)
     own = {m: v[m] @ v[m].T / tau for m in names}
     cross = {(a, b): v[a] @ v[b].T / tau for a in names for b in names if a != b}
-    vcl = sum(supervised_contrastive(own[m], labels) for m in names)
-    icl = sum(supervised_contrastive(cross[pair], labels) for pair in cross)
-    soft_vcl = sum(kl_at(contrastive_rows(own[l], keep_anchor), contrastive_rows(own[m], keep_anchor), temperature)
-                   for m in names for l in names if l != m)
+    vcl = sum(supervised_contrastive(own[m], labels, weights) for m in names)
+    icl = sum(supervised_contrastive(cross[pair], labels, weights) for pair in cross)
+    soft_vcl = sum(kl_at(contrastive_rows(own[l], keep_anchor), contrastive_rows(own[m], keep_anchor), temperature,
+                         weights) for m in names for l in names if l != m)
     soft_icl = sum(kl_at(contrastive_rows(cross[(b, a)], keep_anchor), contrastive_rows(cross[(a, b)], keep_anchor),
-                         temperature) for a, b in cross)
+                         temperature, weights) for a, b in cross)
     return {"vcl": vcl, "icl": icl, "soft_vcl": soft_vcl, "soft_icl": soft_icl,
             "loss": alpha * (vcl + icl) + beta * (soft_vcl + soft_icl)}
 
@@ -106,11 +109,11 @@ def flat(outputs, prefix=""):
     return {k: t for key, value in items for k, t in flat(value, f"{prefix}/{key}").items()}
 
 
-def check_against_reference(strategy, outputs, labels, reference):
+def check_against_reference(strategy, outputs, labels, reference, step=STEP):
     """Every named term of ``strategy.losses`` equals ``reference(outputs)`` and so does the gradient of "loss"
     with respect to every head output."""
     ours_in, theirs_in = leaves(outputs), leaves(outputs)
-    ours = strategy.losses(ours_in, labels, torch.arange(len(labels)), STEP)
+    ours = strategy.losses(ours_in, labels, torch.arange(len(labels)), step)
     theirs = reference(theirs_in)
     assert set(ours) == set(theirs)
     for name in theirs:
@@ -272,3 +275,126 @@ def test_soft_anchor_column_changes_the_soft_terms_only():
         torch.testing.assert_close(terms["drop"][name], terms["keep"][name], **TOL)
     for name in ("soft_vcl", "soft_icl"):
         assert not math.isclose(float(terms["drop"][name]), float(terms["keep"][name]), rel_tol=1e-3)
+
+
+# ------------------------------------------------------------------------------------------ L-MCL meta pair weights
+META = [*MCL_SETTINGS, "strategy.soft_anchor_column=keep", "strategy.pair_weights=meta", "strategy.logit_temperature=2.0",
+        "strategy.meta={every: 2, inner_steps: 2, lr: 0.01, momentum: 0.9, weight_decay: 0.01, proj_dim: 5}"]
+
+
+def meta_cohort(extra=()):
+    torch.manual_seed(0)
+    cfg = load_config("lmcl", None, [f"members.small.backbone_args={TINY}", f"members.large.backbone_args={TINY}",
+                                     *META, *extra])
+    return STRATEGIES.get("lmcl")(cfg, INFO).double().train()
+
+
+def authors_pair_weights(strategy, members):
+    """The authors' loss-weight network: w = sigmoid(cos(P_a^[k] F_a^[k], P_b^[z] F_b^[z])) per anchor, for every
+    ordered member pair a != b and every stage pair (k, z)."""
+    projected = {m: [p(f) for p, f in zip(strategy.members[m].student["pair_weight_proj"], o["features"])]
+                 for m, o in members.items()}
+    return {(a, k, b, z): torch.sigmoid(torch.cosine_similarity(pa, pb, dim=1))
+            for a in members for b in members if a != b
+            for k, pa in enumerate(projected[a]) for z, pb in enumerate(projected[b])}
+
+
+def authors_weighted_layer_mcl(members, weights):
+    """The authors' Sup_MCL_Loss_Meta: the two-network MCL terms between v_a^[k] and v_b^[z], rows weighted."""
+    sums = {}
+    for (a, k, b, z), w in weights.items():
+        pair = {"a": members[a]["embeddings"][k], "b": members[b]["embeddings"][z]}
+        for term, value in mcl_terms(pair, LABELS, 0.3, 0.7, 0.2, 2.5, True, w).items():
+            sums[term] = sums.get(term, 0.0) + value
+    return sums
+
+
+def test_lmcl_meta_pair_weights_terms_and_gradients():
+    strategy = meta_cohort()
+    views = images()
+    outputs = strategy.network_outputs(views)
+    assert len(strategy.pair_weights(outputs["members"])) == 2 * 3 * 3
+    for key, w in authors_pair_weights(strategy, outputs["members"]).items():
+        torch.testing.assert_close(strategy.pair_weights(outputs["members"])[key], w, **TOL)
+
+    def reference(out):
+        members, terms = out["members"], {}
+        for m, o in members.items():
+            terms[f"{m}/task"] = sum(cross_entropy(z, LABELS) for z in o["logits"])
+            terms[f"{m}/task_gate"] = cross_entropy(o["ensemble"], LABELS)
+        terms["logit"] = sum(kl_at(members[b]["ensemble"], members[a]["logits"][-1], 2.0)
+                             for a in members for b in members if b != a)
+        with torch.no_grad():  # the weights are constants of the training loss
+            weights = authors_pair_weights(strategy, members)
+        layer = authors_weighted_layer_mcl(members, weights)
+        terms.update({f"layer_mcl/{t}": v for t, v in layer.items() if t != "loss"})
+        terms["layer_mcl"] = layer["loss"]
+        return {**terms, "loss": sum(v for k, v in terms.items() if not k.startswith("layer_mcl/"))}
+
+    check_against_reference(strategy, outputs, LABELS, reference, step=StepInfo(1, 0, 4, 4))  # no meta step
+
+
+def lookahead_outer_loss(strategy, views, inner_steps, soft_terms):
+    """The outer objective (task CE of every stage) after the authors' look-ahead, computed step by step without
+    differentiating through it: ``inner_steps`` SGD steps (momentum 0.9, wd 0.01, lr 0.01) on the weighted
+    layer-wise MCL loss (weights with their gradient path through the features), then one on the outer objective."""
+    def outer(members):
+        return sum(cross_entropy(z, LABELS) for o in members.values() for z in o["logits"])
+
+    def inner(members):
+        terms = authors_weighted_layer_mcl(members, authors_pair_weights(strategy, members))
+        return terms["loss"] if soft_terms else 0.3 * (terms["vcl"] + terms["icl"])
+
+    params = [p for n, p in strategy.named_parameters()
+              if ".student." in n and "pair_weight_proj" not in n and ".gate." not in n]
+    velocity = None
+    for objective in [inner] * inner_steps + [outer]:
+        grads = torch.autograd.grad(objective(strategy.network_outputs(views)["members"]), params, allow_unused=True)
+        grads = [(g if g is not None else torch.zeros_like(p)) + 0.01 * p for g, p in zip(grads, params)]
+        velocity = grads if velocity is None else [0.9 * v + g for v, g in zip(velocity, grads)]
+        with torch.no_grad():
+            for p, v in zip(params, velocity):
+                p.sub_(0.01 * v)
+    with torch.no_grad():
+        return outer(strategy.network_outputs(views)["members"])
+
+
+@pytest.mark.parametrize("inner_steps, terms", [(1, "[vcl, icl, soft_vcl, soft_icl]"), (2, "[vcl, icl]")])
+def test_lmcl_meta_hypergradient_matches_finite_differences_and_leaves_the_loss_unchanged(inner_steps, terms):
+    """The hypergradient differentiates through the unrolled steps with the soft labels' stop-gradient kept (as
+    the authors' reverse pass does): it is the derivative of the look-ahead itself when no soft label is computed
+    from a parameter that the look-ahead has already moved, so with one inner step, or without the soft terms."""
+    import copy
+
+    strategy = meta_cohort([f"strategy.meta.inner_steps={inner_steps}", f"strategy.terms={terms}"])
+    views = images()
+    meta_step, plain_step = StepInfo(0, 0, 4, 4), StepInfo(1, 0, 4, 4)
+    with_meta = strategy.losses(strategy.network_outputs(views), LABELS, torch.arange(8), meta_step)
+    without = strategy.losses(strategy.network_outputs(views), LABELS, torch.arange(8), plain_step)
+    torch.testing.assert_close(with_meta["loss"], without["loss"], rtol=0, atol=0)  # the meta term is exactly 0
+    without["loss"].backward()
+    plain_grads = {n: p.grad.clone() for n, p in strategy.named_parameters() if p.grad is not None}
+    assert not any("pair_weight_proj" in n for n in plain_grads)  # the training loss treats the weights as constants
+    strategy.zero_grad(set_to_none=True)
+    with_meta["loss"].backward()
+    for name, p in strategy.named_parameters():  # the meta term reaches the weight network only
+        if "pair_weight_proj" not in name:
+            torch.testing.assert_close(p.grad, plain_grads.get(name), rtol=0, atol=0, msg=name)
+    projection = strategy.members["large"].student["pair_weight_proj"][1]
+    for index in [(0, 0), (3, 7)]:
+        shifted = []
+        for sign in (1.0, -1.0):
+            probe = copy.deepcopy(strategy)
+            with torch.no_grad():
+                probe.members["large"].student["pair_weight_proj"][1].weight[index] += sign * 1e-7
+            shifted.append(lookahead_outer_loss(probe, views, inner_steps, soft_terms=inner_steps == 1))
+        finite_difference = (shifted[0] - shifted[1]) / 2e-7  # small: ReLU kinks are near
+        torch.testing.assert_close(projection.weight.grad[index], finite_difference, rtol=1e-5, atol=1e-9)
+    assert projection.weight.grad.abs().sum() > 0
+
+
+def test_lmcl_meta_needs_batch_mining():
+    from sslkd.errors import UserError
+
+    with pytest.raises(UserError, match="pair_weights=meta"):
+        cohort("lmcl", ["strategy.pair_weights=meta", "strategy.mining=memory"])

@@ -32,7 +32,8 @@ by w_i = sigmoid(cos(P_a^[k] F_a^[k]_i, P_b^[z] F_b^[z]_i)), P a per-member, per
 ``meta.every`` steps the weight network learns by a look-ahead: ``meta.inner_steps`` SGD steps (momentum, weight
 decay, lr ``meta.lr`` on a cosine to 0) of the networks on the weighted MCL loss, then one on the outer objective
 (the task cross-entropy of every stage's classifier, as the authors' code steps it once more), and the gradient of
-the outer objective after them with respect to the weight network, differentiated through the unrolled steps. It
+the outer objective after them with respect to the weight network, differentiated through the unrolled steps by
+autograd (the soft labels' stop-gradient kept there, as in the authors' reverse pass). It
 reaches the weight network through the member's own optimiser (a zero-valued term of the total loss carries it).
 Differences from the authors' code: the look-ahead starts from the parameters before this step's update (theirs
 after it), on the global step counter (theirs the batch index in the epoch), and uses exact autograd through the
