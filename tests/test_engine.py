@@ -104,3 +104,11 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     with pytest.raises(OSError):
         atomic_write(target, failing)
     assert target.read_bytes() == b"good" and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_a_metrics_line_cut_short_by_a_kill_is_dropped_on_resume():
+    from sslkd.engine.trainer import _record_step
+
+    assert _record_step('{"step": 7, "loss": 1.0}') == 7
+    assert _record_step('{"step": 8, "lo') == float("inf")  # half-written when the process was killed
+    assert _record_step("") == float("inf")

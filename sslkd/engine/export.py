@@ -24,7 +24,7 @@ def export_backbone(checkpoint: str | Path, member: str | None, out: str | Path)
     if member not in strategy.members:
         raise UserError(f"checkpoint has no member {member!r}; its members are {', '.join(names)}")
     member_cfg = strategy.members[member].cfg
-    backbone = strategy.members[member].eval_backbone()
+    backbone = strategy.eval_backbones()[member]
     model = getattr(backbone, "model", backbone)
     tensors = {key: value.detach().contiguous().cpu() for key, value in model.state_dict().items()}
     out = Path(out)

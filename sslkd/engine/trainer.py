@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -216,12 +217,15 @@ class Trainer:
         views = [v.to(self.device, non_blocking=True) for v in views]
         labels = labels.to(self.device, non_blocking=True)
         indices = indices.to(self.device, non_blocking=True)
+        restore_norm_statistics = self._norm_statistics_snapshot() if self.cfg.train.on_nonfinite == "skip" else None
         with autocast(self.device, self.autocast_dtype):
             losses = self.strategy(views, labels, indices, info)
         values = dist.all_reduce_mean(torch.stack([value.detach().float() for value in losses.values()]))
         reported = dict(zip(losses, values))
         if not bool(torch.isfinite(values).all()):
             self.strategy.discard_deferred()
+            if restore_norm_statistics is not None:
+                restore_norm_statistics()
             return self._non_finite(reported, info)
         for part in self.optimizers.values():
             part.optimizer.zero_grad(set_to_none=True)
@@ -239,6 +243,20 @@ class Trainer:
         self.strategy.apply_deferred()
         self.strategy.after_step(info)
         return reported
+
+    def _norm_statistics_snapshot(self):
+        """Batch-norm running statistics change in the forward pass, before the trainer knows whether it keeps the
+        step; returns what puts them back, so a skipped step leaves no trace (one fused copy each way)."""
+        buffers = [buffer for module in self.strategy.modules() if isinstance(module, nn.modules.batchnorm._NormBase)
+                   for buffer in module.buffers()]
+        saved = torch._foreach_add(buffers, 0) if buffers else []
+
+        @torch.no_grad()
+        def restore() -> None:
+            if buffers:
+                torch._foreach_copy_(buffers, saved)
+
+        return restore
 
     def _non_finite(self, losses: dict[str, torch.Tensor], info: StepInfo) -> None:
         """Name the step and the loss terms that are NaN/Inf; stop (keeping the last checkpoint) or skip."""
@@ -455,7 +473,7 @@ class Trainer:
         self.random_init = state.get("random_init")
         metrics = self.run_dir / "metrics.jsonl"
         if metrics.exists() and dist.is_main_process():
-            kept = [line for line in metrics.read_text().splitlines() if line and json.loads(line)["step"] <= self.step]
+            kept = [line for line in metrics.read_text().splitlines() if _record_step(line) <= self.step]
             atomic_write(metrics, lambda handle: handle.write("".join(f"{line}\n" for line in kept).encode()))
         if dist.is_main_process():
             remove_partial_writes(self.run_dir / CHECKPOINT)
@@ -485,6 +503,14 @@ class Trainer:
 
         plot_run(self.run_dir)
         return summary
+
+
+def _record_step(line: str) -> float:
+    """The step of a metrics.jsonl line; a line cut short by a kill mid-write counts as after every step."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return float("inf")
 
 
 def build_summary(cfg: Config, strategy: Strategy, results: dict, wall_time: float, random_init: dict | None = None,

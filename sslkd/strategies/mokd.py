@@ -22,7 +22,8 @@ Options for paper/code differences (METHODS.md); the paper-reproduction configs 
   crop), and the student output is its T-Head on that local crop.
 - ``self_warmup_teacher_temp_epochs``: per member, the teacher-temperature warm-up of its self terms (the code
   uses 50 epochs for the CNN, 30 for everything else).
-- ``detach_search_query``: the code detaches the query token; the paper does not say.
+- ``detach_search_query``: the code detaches the query token; the paper does not say. The searched output is a
+  target, detached inside L_ct, so this changes no gradient: only whether the search keeps the student's graph.
 - ``norm_last_layer_per_member`` (DINOOptions): the code builds the ViT's MLP-Head with ``norm_last_layer=False``
   (trainable gain) and the CNN's with True; ``members.<name>.module_optimizers`` (config): the code trains the
   CNN's T-Head in its own parameter group with the ViT's AdamW settings and schedules, e.g.
