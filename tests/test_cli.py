@@ -1,5 +1,8 @@
 """Every user mistake ends with one clear line on stderr and exit status 2."""
 
+import json
+import re
+
 import pytest
 
 from sslkd.cli import main
@@ -59,3 +62,27 @@ def test_list_names_everything(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "mokd" in out and "dino" in out and "cifar_resnet20" in out and "digits" in out
+
+
+def test_bench_names_its_two_overhead_ratios(capsys, monkeypatch):
+    from sslkd.engine import bench
+
+    figures = {"method": "dino", "batch_size": 64, "device": "cpu", "precision": "float32", "timed_steps": 3,
+               "step_s": 0.2, "network_s": 0.16, "overhead_ratio": 1.25, "overhead_ratio_cpu": 1.05,
+               "train_images_per_s": 320.0, "data_images_per_s": 900.0, "data_workers": 2, "data_to_train": 2.8,
+               "peak_memory_mb": 800.0, "knn_size": [100, 20, 8], "knn_s": 0.1, "matmul_s": 0.08, "knn_to_matmul": 1.2}
+    monkeypatch.setattr(bench, "run_bench", lambda *a, **k: figures)
+    monkeypatch.setenv("COLUMNS", "160")
+    assert main(["bench", "--method", "dino"]) == 0
+    out = capsys.readouterr().out
+    assert out.strip().splitlines()[-1] == "overhead ratio: 1.25"
+    assert re.search(r"overhead ratio \(wall clock; the line below\) .* 1\.25", out)
+    assert re.search(r"overhead ratio by CPU time \(all threads\) .* 1\.05", out)
+
+
+def test_eval_knn_accepts_a_run_directory(capsys, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--method", "dino", "--output-dir", str(run), *tiny_overrides("dino")]) == 0
+    capsys.readouterr()
+    assert main(["eval", "knn", "--checkpoint", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["cnn"]["knn_top1"] >= 0

@@ -313,3 +313,19 @@ def test_compare_shows_provenance_when_asked(tmp_path):
     write_configured_run(tmp_path / "one", 0, None, world_size=2)
     notes = compare_table([tmp_path], "runs", provenance=True).attrs["notes"]
     assert "provenance: sslkd 0.1.0 @ aaaaaaa+dirty, torch 2.4.0, cpu fp32, 2 processes (1 run)" in notes
+
+
+def test_plots_draw_the_floor_and_warn_when_a_member_ends_below_it(tmp_path):
+    from sslkd.report.plots import below_floor, curves, floors, plot_run, read_metrics
+
+    run = tmp_path / "run"
+    run.mkdir()
+    records = [{"epoch": 0, "step": 0, "knn/cnn": 90.6, "knn/vit": 40.0},
+               {"step": 5, "epoch": 0, "loss": 2.0, "lr/cnn": 0.1, "images_per_s": 10.0},
+               {"epoch": 1, "step": 10, "knn/cnn": 65.8, "knn/vit": 55.0}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    data = curves(read_metrics(run))
+    assert floors(read_metrics(run)) == {"cnn": 90.6, "vit": 40.0}
+    assert data["knn"]["cnn"] == ([0, 1], [90.6, 65.8])  # the floor is the curve's first point
+    assert below_floor(data, floors(read_metrics(run))) == ["cnn"]
+    assert {p.name for p in plot_run(run)} == {"losses.png", "lr.png", "knn.png"}
