@@ -203,11 +203,11 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
     warnings = []
     for name, member in summary["members"].items():
         floor = (member.get("random_init") or {}).get("knn_top1")
-        below = at_or_below_floor(member["knn_top1"], floor)
+        below = summary["epochs"] > 0 and at_or_below_floor(member["knn_top1"], floor)
         table.add_row(name, member["backbone"], f"{member['params_m']:.2f}",
                       f"{member['knn_top1']:.2f}" + (" [bold red](at or below floor)[/]" if below else ""),
                       "n/a" if floor is None else f"{floor:.2f}", f"{member['knn_dogo_mean']:.2f}")
-        if below and summary["epochs"] > 0:
+        if below:
             warnings.append(f"warning: {name} ends at k-NN {member['knn_top1']:.2f}, at or below its random "
                             f"initialisation ({floor:.2f}): it learned nothing the k-NN can see")
     console.print(table)

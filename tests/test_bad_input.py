@@ -220,7 +220,7 @@ def test_output_dir_that_cannot_be_written(capsys, tmp_path, monkeypatch):
     import os
 
     real_access = os.access
-    monkeypatch.setattr(os, "access", lambda path, mode: False if str(path) == str(tmp_path) else real_access(path, mode))
+    monkeypatch.setattr(os, "access", lambda path, mode: str(path) != str(tmp_path) and real_access(path, mode))
     line = fails(capsys, *TINY_DINO, "--output-dir", str(tmp_path / "run"))
     assert "no write permission" in line
     assert not (tmp_path / "run").exists()

@@ -371,7 +371,8 @@ def readable_files(paths: Sequence[str], labels: Sequence[int]) -> tuple[list[st
         kept.append(path)
         kept_labels.append(label)
     if not kept:
-        raise UserError(f"none of the {len(paths)} image files (e.g. '{paths[0]}') can be decoded: check data.root")
+        raise UserError(f"none of the {len(paths)} image files (e.g. '{paths[0]}') can be decoded: check data.root "
+                        "(sslkd eval: --data-root)")
     return kept, kept_labels, skipped
 
 

@@ -606,11 +606,19 @@ def floor_notes(runs: pd.DataFrame) -> list[str]:
 
 
 def floor_warnings(runs: pd.DataFrame) -> list[str]:
-    """A warning per trained member whose k-NN is at or below its own random initialisation's."""
-    below = runs[[epochs > 0 and at_or_below_floor(knn, floor)
-                  for epochs, knn, floor in zip(runs.epochs, runs.knn_top1, runs.knn_floor)]]
-    return [f"WARNING: {row.member} of {row.run_dir} ends at k-NN {row.knn_top1:.1f}, at or below its random "
-            f"initialisation ({row.knn_floor:.1f}): it learned nothing the k-NN can see" for row in below.itertuples()]
+    """A warning per trained (method, config file, setting, member) with a seed whose k-NN is at or below that run's
+    own random initialisation; it names the setting, not the run folder, so tables rebuilt elsewhere are the same."""
+    below = runs.assign(below=[epochs > 0 and at_or_below_floor(knn, floor)
+                               for epochs, knn, floor in zip(runs.epochs, runs.knn_top1, runs.knn_floor)],
+                        tag=runs.tag.fillna(""))
+    warnings = []
+    for (method, config, tag, member), group in below.groupby(["method", "config", "tag", "member"], sort=False):
+        if group.below.any():
+            setting = f"{method}{f' [{tag}]' if tag else ''}{f' ({config})' if config else ''}"
+            warnings.append(f"WARNING: {member} of {setting} ends at or below its random initialisation in "
+                            f"{int(group.below.sum())} of {len(group)} seeds (k-NN {group.knn_top1.mean():.1f}, "
+                            f"floor {group.knn_floor.mean():.1f}): it learned nothing the k-NN can see")
+    return warnings
 
 
 def provenance_notes(runs: pd.DataFrame) -> list[str]:
