@@ -359,10 +359,15 @@ def validate(cfg: Config) -> None:
     _scale_range("data.augment.global_scale", cfg.data.augment.global_scale)
     _scale_range("data.augment.local_scale", cfg.data.augment.local_scale)
     for name, member in cfg.members.items():
-        opt, path = member.optimizer, f"members.{name}.optimizer"
-        for key in ("lr", "min_lr", "weight_decay", "weight_decay_end", "warmup_epochs", "momentum", "clip_grad"):
-            _at_least(f"{path}.{key}", getattr(opt, key), 0, f"set {path}.{key} to 0 or more (or drop it for the "
-                      "optimiser's default)")
+        _check_optimizer(member.optimizer, f"members.{name}.optimizer")
+        for module, opt in member.module_optimizers.items():
+            _check_optimizer(opt, f"members.{name}.module_optimizers.{module}")
+
+
+def _check_optimizer(opt: OptimConfig, path: str) -> None:
+    for key in ("lr", "min_lr", "weight_decay", "weight_decay_end", "warmup_epochs", "momentum", "clip_grad"):
+        _at_least(f"{path}.{key}", getattr(opt, key), 0, f"set {path}.{key} to 0 or more (or drop it for the "
+                  "optimiser's default)")
 
 
 def _default_config(strategy_cls: type, method: str) -> dict:
