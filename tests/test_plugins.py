@@ -99,6 +99,8 @@ def test_a_plugin_run_records_its_plugin_for_later_commands(plugin_in_cwd, capsy
     forget_plugin()
     assert main(["export", "--checkpoint", str(run), "--out", str(plugin_in_cwd / "a.safetensors")]) == 0
     forget_plugin()
+    assert main(["train", "--resume", str(run)]) == 0
+    forget_plugin()
     import os
 
     os.chdir(tmp_path_factory.mktemp("elsewhere"))  # a new process started elsewhere: the plugin file is not here
