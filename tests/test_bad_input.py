@@ -277,24 +277,33 @@ def test_broken_pipe_is_one_line(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------- warnings
-def warnings_of(capsys) -> list[str]:
-    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+def warnings_of(cfg, run_dir) -> list[str]:
+    """The warning lines a trainer prints when it is built (the run then goes on)."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from sslkd.engine.trainer import Trainer
+
+    out = StringIO()
+    Trainer(cfg, run_dir, console=Console(file=out, width=300))
+    return [line for line in out.getvalue().splitlines() if line.startswith("warning: ")]
 
 
-def test_one_class_data_set_warns(capsys, tmp_path):
+def test_one_class_data_set_warns(tmp_path, tiny_cfg):
+    import shutil
+
     root = tmp_path / "data"
     image_folder(root)
     for split in ("train", "test"):
-        import shutil
-
         shutil.rmtree(root / split / "b")
-    assert main([*TINY_DINO, "data.name=imagefolder", f"data.root={root}", "data.train_subset=null",
-                 "train.batch_size=4", "data.augment.global_size=16", "data.augment.local_size=8",
-                 "--output-dir", str(tmp_path / "run")]) == 0
-    assert any("only one class" in line for line in warnings_of(capsys))
+    cfg = tiny_cfg("dino", ["data.name=imagefolder", f"data.root={root}", "data.train_subset=null",
+                            "train.batch_size=4"])
+    lines = warnings_of(cfg, tmp_path / "run")
+    assert len(lines) == 1 and "only one class" in lines[0]
 
 
-def test_fewer_steps_than_the_warm_up_warns(capsys, tmp_path):
-    assert main([*TINY_DINO, "members.cnn.optimizer.warmup_epochs=10", "--output-dir", str(tmp_path / "run")]) == 0
-    lines = warnings_of(capsys)
+def test_fewer_steps_than_the_warm_up_warns(tmp_path, tiny_cfg):
+    lines = warnings_of(tiny_cfg("dino", ["members.cnn.optimizer.warmup_epochs=10"]), tmp_path / "run")
     assert len(lines) == 1 and "warms its learning rate up over 40 steps but the run has only 4" in lines[0]
+    assert warnings_of(tiny_cfg("dino"), tmp_path / "other") == []

@@ -330,3 +330,9 @@ def test_plots_draw_the_floor_and_warn_when_a_member_ends_below_it(tmp_path):
     assert data["knn"]["cnn"] == ([0, 1], [90.6, 65.8])  # the floor is the curve's first point
     assert below_floor(data, floors(read_metrics(run))) == ["cnn"]
     assert {p.name for p in plot_run(run)} == {"losses.png", "lr.png", "knn.png"}
+
+
+def test_a_run_without_a_recorded_process_count_goes_with_the_others(tmp_path):
+    write_configured_run(tmp_path / "old", 0, knn=70.0)
+    write_configured_run(tmp_path / "new", 1, knn=72.0, world_size=1)
+    assert runs_table(load_runs([tmp_path]))["k-NN top-1"].tolist() == ["71.0 +- 1.4 (2)"]

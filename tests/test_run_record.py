@@ -48,19 +48,11 @@ def test_floor_is_measured_once_recorded_and_kept_across_a_resume(tmp_path, tiny
     assert lines and all(re.match(r"step \d+/8 eta \d+:\d\d:\d\d  loss ", line) for line in lines), lines
 
 
-def test_measuring_the_floor_does_not_change_the_training(tmp_path, tiny_cfg, monkeypatch):
-    with_floor = Trainer(tiny_cfg("dino"), tmp_path / "a", console=Console(file=io.StringIO()))
-    with_floor.fit()
-    monkeypatch.setattr(Trainer, "_measure_floor", lambda self: None)
-    without = Trainer(tiny_cfg("dino"), tmp_path / "b", console=Console(file=io.StringIO()))
-    without.fit()
-    for a, b in zip(with_floor.strategy.state_dict().values(), without.strategy.state_dict().values()):
-        assert torch.equal(a, b)
-
-
-def test_summary_has_provenance_and_files_are_written_with_the_umask(tmp_path, tiny_cfg):
-    run = tmp_path / "run"
-    summary = Trainer(tiny_cfg("dino"), run, console=Console(file=io.StringIO())).fit()
+def test_floor_leaves_training_unchanged_and_summary_has_provenance_and_readable_files(tmp_path, tiny_cfg,
+                                                                                          monkeypatch):
+    run = tmp_path / "a"
+    with_floor = Trainer(tiny_cfg("dino"), run, console=Console(file=io.StringIO()))
+    summary = with_floor.fit()
     provenance = summary["provenance"]
     assert provenance["world_size"] == 1 and provenance["device_type"] == "cpu" and provenance["precision"] == "fp32"
     assert provenance["torch_version"] == torch.__version__ and provenance["sslkd_version"]
@@ -70,6 +62,11 @@ def test_summary_has_provenance_and_files_are_written_with_the_umask(tmp_path, t
     expected = 0o666 & ~current_umask()
     for path in (run / "summary.json", run / CHECKPOINT):
         assert os.stat(path).st_mode & 0o777 == expected, path
+    monkeypatch.setattr(Trainer, "_measure_floor", lambda self: None)
+    without = Trainer(tiny_cfg("dino"), tmp_path / "b", console=Console(file=io.StringIO()))
+    without.fit()
+    for a, b in zip(with_floor.strategy.state_dict().values(), without.strategy.state_dict().values()):
+        assert torch.equal(a, b)
 
 
 def test_provenance_outside_a_git_checkout_has_no_revision(monkeypatch, tmp_path):

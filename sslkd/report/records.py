@@ -179,9 +179,9 @@ def flatten(value, prefix: str = "") -> dict[str, str]:
     return {prefix[:-1]: json.dumps(value, separators=(",", ":"), sort_keys=True)}
 
 
-def run_setting(run_dir: str | Path, world_size: int | None) -> dict[str, str]:
-    """Everything that made a run what it is: its resolved config.yaml (with the defaults of keys added since it was
-    written) and its process count, without the seed and paths (``NOT_SETTINGS``)."""
+def run_setting(run_dir: str | Path) -> dict[str, str]:
+    """What made a run what it is, as far as its config.yaml says: the resolved config (with the defaults of keys added
+    since it was written), without the seed and paths (``NOT_SETTINGS``)."""
     from sslkd.config import Config, from_dict, to_dict
 
     try:
@@ -194,9 +194,15 @@ def run_setting(run_dir: str | Path, world_size: int | None) -> dict[str, str]:
         raw = to_dict(from_dict(Config, raw))
     except UserError:
         pass  # a config written by another version: compared as it is
-    setting = {key: value for key, value in flatten(raw).items() if key not in NOT_SETTINGS}
-    setting["processes"] = json.dumps(world_size)
-    return setting
+    return {key: value for key, value in flatten(raw).items() if key not in NOT_SETTINGS}
+
+
+def _with_processes(settings: dict[str, dict[str, str]], processes: dict[str, int | None]) -> None:
+    """Add the process count to the settings when the runs recorded different ones; a run made before counts were
+    recorded (None) then shows as 'unknown', and otherwise goes with the others."""
+    if len({count for count in processes.values() if count is not None}) > 1:
+        for run, setting in settings.items():
+            setting["processes"] = json.dumps(processes[run] if processes[run] is not None else "unknown")
 
 
 FAMILY = ["method", "config", "tag", "dataset", "epochs", "cohort"]
@@ -217,8 +223,8 @@ def label_variants(runs: pd.DataFrame) -> pd.DataFrame:
     runs["cohort"] = runs.run_dir.map(cohorts)
     per_run = runs.assign(tag=runs.tag.fillna("")).drop_duplicates("run_dir")
     for _, family in per_run.groupby(FAMILY, sort=False, dropna=False):
-        settings = {row.run_dir: run_setting(row.run_dir, _int_or_none(row.world_size))
-                    for row in family.itertuples(index=False)}
+        settings = {run: run_setting(run) for run in family.run_dir}
+        _with_processes(settings, {row.run_dir: _int_or_none(row.world_size) for row in family.itertuples()})
         keys = sorted({key for setting in settings.values() for key in setting})
         differing = [key for key in keys if len({setting.get(key) for setting in settings.values()}) > 1]
         for run, setting in settings.items():
