@@ -137,6 +137,9 @@ def sdssl_paper(backbone: str) -> tuple[str, ...]:
 SDSSL_PAPER = sdssl_paper("vit_s16")
 PROXY_TRANSFER = ("--data", "digits")  # the one other data set on these machines (scikit-learn's, embedded)
 
+PROXY_V2_BASELINES = (f"{Z}/dino/proxy_v2_cifar10_subset_resnet20.yaml", f"{Z}/simclr/proxy_v2_cifar10_subset_resnet20.yaml")
+
+
 def sdssl_ablation(name: str, change: str, overrides: tuple[str, ...], why: str) -> Table:
     """BYOL and MoCo v3, with and without SD, at the proxy scale with one setting changed (tagged in the tables)."""
     return Table(name, "SDSSL Table 1 (ablation)", f"BYOL and MoCo v3 with and without SD, {change}",
@@ -285,6 +288,10 @@ TABLES: dict[str, Table] = {t.name: t for t in (
           paper_cost="Table 1's runs + a linear probe and k-NN per block + the Sec. 4.4 analyses", proxy_minutes=25,
           note="`sslkd eval multiexit` (Fig. 3: linear, as the paper, and k-NN) and `sslkd eval analyze` "
                "(Sec. 4.4: alignment, uniformity, CKA) over every run of the table"),
+    Table("v2_baselines", "CPU proxy v2", "every self-supervised baseline against its own random-init floor "
+          "(the v2 protocol counts only when each is >= 10 k-NN points above it)",
+          PROXY_V2_BASELINES, PROXY_V2_BASELINES, compare="runs", proxy_minutes=None,
+          note="proxy only: the protocol check of results/README.md 'CPU proxy v2'"),
 )}
 
 

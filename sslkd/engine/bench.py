@@ -58,8 +58,8 @@ def bench_steps(trainer: Trainer, steps: int, warmup: int, max_seconds: float = 
         trainer.train_step(views, labels, indices, info)
 
     def passes() -> None:
-        for optimizer in trainer.optimizers.values():
-            optimizer.zero_grad(set_to_none=True)
+        for part in trainer.optimizers.values():
+            part.optimizer.zero_grad(set_to_none=True)
         with autocast(trainer.device, trainer.autocast_dtype):
             output = strategy.network_passes(device_views)
         output.backward()
