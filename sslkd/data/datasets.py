@@ -417,46 +417,27 @@ def _build_folder_dataset(name: str, split: str, paths: list[str], labels: list[
 # data sets
 
 
-def _digits(name: str, split: str, coloured: bool) -> tuple[torch.Tensor, torch.Tensor, DatasetInfo]:
-    """scikit-learn's digits as uint8 RGB images of 32 px, their labels and the train split's statistics."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    _check_split(name, split, ("train", "test"))
-    pixels, targets = load_digits(return_X_y=True)
-    x = torch.from_numpy(pixels.reshape(-1, 1, 8, 8) * (255.0 / 16.0)).float()
-    grey = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
-    if coloured:
-        ink = (grey / 255).clamp(0, 1)
-        colours = torch.rand(len(targets), 2, 3, 1, 1, generator=torch.Generator().manual_seed(0))
-        grey = (ink * colours[:, 0] + (1 - ink) * colours[:, 1]) * 255
-    images = grey.round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
-    labels = torch.from_numpy(targets).long()
-    train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=0.2, stratify=targets, random_state=0)
-    train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
-    mean, std = channel_stats(images[train_idx])
-    info = DatasetInfo(name, 10, 32, mean, std, tuple(str(d) for d in range(10)))
-    idx = torch.from_numpy(train_idx if split == "train" else test_idx)
-    return images[idx].contiguous(), labels[idx], info
-
-
 @DATASETS.register("digits")
 def build_digits(root=None, split: str = "train", transform: Transform | None = None) -> TensorImageDataset:
     """scikit-learn's bundled 8x8 handwritten digits, upsampled to 32x32 RGB: the offline demo (root ignored).
 
     A fixed stratified 80/20 split (random_state=0) gives 1,437 train and 360 test images.
     """
-    return TensorImageDataset(*_digits("digits", split, coloured=False), transform)
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
 
-
-@DATASETS.register("digits_colour")
-def build_digits_colour(root=None, split: str = "train", transform: Transform | None = None) -> TensorImageDataset:
-    """The embedded digits drawn in a random ink colour on a random background colour (one fixed draw per image;
-    the split of ``digits``): the quickstart's data. An untrained network groups these images by colour, so its
-    k-NN is near chance; self-supervision has to learn from its colour-jitter and grayscale views that colour
-    does not matter, and shows it within minutes. On the grey digits an untrained CIFAR ResNet-20 already scores
-    ~90% k-NN (the digits are nearly separable in pixel space), which minutes of self-supervision do not beat."""
-    return TensorImageDataset(*_digits("digits_colour", split, coloured=True), transform)
+    _check_split("digits", split, ("train", "test"))
+    pixels, targets = load_digits(return_X_y=True)
+    x = torch.from_numpy(pixels.reshape(-1, 1, 8, 8) * (255.0 / 16.0)).float()
+    x = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+    images = x.round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+    labels = torch.from_numpy(targets).long()
+    train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=0.2, stratify=targets, random_state=0)
+    train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
+    mean, std = channel_stats(images[train_idx])
+    info = DatasetInfo("digits", 10, 32, mean, std, tuple(str(d) for d in range(10)))
+    idx = torch.from_numpy(train_idx if split == "train" else test_idx)
+    return TensorImageDataset(images[idx].contiguous(), labels[idx], info, transform)
 
 
 def _cifar(name: str, root, split: str, transform: Transform | None) -> TensorImageDataset:
