@@ -422,4 +422,3 @@ def test_eval_transform():
     assert EvalTransform(224)(wide).shape == (3, 224, 224)
     assert EvalTransform(32, resize=36)(img).shape == (3, 32, 32)
     assert pickle.loads(pickle.dumps(EvalTransform(32)))(img).shape == (3, 32, 32)
-
