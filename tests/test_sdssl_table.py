@@ -19,7 +19,11 @@ def write_run(run_dir, method, seed, knn, linear=None, strategy=None, paper_name
     member = {**PROXY, "paper_name": paper_name}
     config = {"method": method, "members": {"vit": {**member, "backbone_args": PROXY_ARGS}}, "strategy": strategy}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    # one config file per framework, as tools/reproduce.py runs them: sslkd compare pools runs of one config file
+    # only when their settings agree, and frameworks differ in settings (strategy.base, strategy.layers)
+    framework = "_".join([method, *(f"{k}={v}" for k, v in sorted((strategy or {}).items()))])
     summary = {"method": method, "dataset": "cifar10_subset", "seed": seed, "epochs": epochs, "tag": None,
+               "config_file": f"zoo_configs/{method}/{framework}.yaml",
                "members": {"vit": {**member, "knn_top1": knn, "linear_top1": linear}}}
     (run_dir / "summary.json").write_text(json.dumps(summary))
 

@@ -19,7 +19,10 @@ def test_mokd_run_leaves_config_metrics_checkpoint_summary(tmp_path):
     assert main(["train", "--method", "mokd", "--output-dir", str(run), *tiny_overrides("mokd"), "tag=lambda 1"]) == 0
     assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.pt").is_file()
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert {"loss", "cnn/sm", "cnn/st", "cnn/cm", "cnn/ct", "lr/cnn", "lr/vit", "images_per_s"} <= set(records[0])
+    assert set(records[0]) == {"step", "epoch", "knn/cnn", "knn/vit"} and records[0]["step"] == 0  # the floor
+    first_step = records[1]
+    assert {"loss", "cnn/sm", "cnn/st", "cnn/cm", "cnn/ct", "lr/cnn", "lr/vit", "images_per_s"} <= set(first_step)
+    assert {"teacher_temp/cross", "teacher_temp/cnn/self", "teacher_temp/vit/self"} <= set(first_step)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["method"] == "mokd" and summary["dataset"] == "digits" and summary["epochs"] == 1
     assert summary["tag"] == "lambda 1"  # tables keep tagged runs apart (report.tables._setting)
