@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -23,6 +22,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Column
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from sslkd.config import Config, save_config, to_dict
