@@ -102,6 +102,9 @@ def _add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--member", help="evaluate only this member (default: every member)")
     parser.add_argument("--data", dest="data_name", help="data set to evaluate on (default: the training data set)")
     parser.add_argument("--data-root", help="root of that data set")
+    parser.add_argument("--encoder", choices=("auto", "teacher", "student"),
+                        help="which encoder of a member with an EMA teacher to evaluate (default: the run's "
+                             "eval.encoder; auto: the method's authors' choice)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
@@ -235,13 +238,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from sslkd.eval.layers import cmd_knn_layers
 
         return cmd_knn_layers(args)
-    results = knn_of_checkpoint(args.checkpoint, member=args.member, data_name=args.data_name, data_root=args.data_root)
+    results = knn_of_checkpoint(args.checkpoint, member=args.member, data_name=args.data_name, data_root=args.data_root,
+                                encoder=args.encoder)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
         for name, result in results.items():
             others = ", ".join(f"k={k}: {v:.2f}" for k, v in result["knn"].items())
-            print(f"{name}: k-NN top-1 {result['knn_top1']:.2f} (k=20, T={result['protocol']['knn_temperature']}; {others})")
+            print(f"{name}: k-NN top-1 {result['knn_top1']:.2f}, top-5 {result['knn_top5']:.2f} "
+                  f"(k=20, T={result['protocol']['knn_temperature']}, {result['protocol']['encoder']}; {others})")
     return 0
 
 

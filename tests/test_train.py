@@ -67,6 +67,9 @@ def test_knn_eval_of_checkpoint_cli_and_tool(tmp_path, capsys):
     assert main(["eval", "knn", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["cnn"]["knn_top1"] == summary["members"]["cnn"]["knn_top1"]
+    assert result["cnn"]["protocol"]["encoder"] == "teacher"  # DINO's protocol
+    assert main(["eval", "knn", "--checkpoint", str(run), "--encoder", "student", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["cnn"]["protocol"]["encoder"] == "student"
     tool = subprocess.run(
         [sys.executable, str(REPO / "tools" / "knn_eval.py"), "--checkpoint", str(run / "checkpoints" / "last.pt"), "--member", "cnn"],
         capture_output=True, text=True, check=True,

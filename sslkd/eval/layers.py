@@ -80,13 +80,14 @@ def extract_layer_features(backbone, loader: Iterable, names: list[str], device:
 
 
 def knn_per_layer(path, layers: str | None = "all", member: str | None = None, data_name: str | None = None,
-                  data_root: str | None = None, device: str = "auto") -> dict:
-    """{member: {"layers": {block: k-NN results (the run-end protocol)}, "protocol": ...}} of a checkpoint."""
+                  data_root: str | None = None, device: str = "auto", encoder: str | None = None) -> dict:
+    """{member: {"layers": {block: k-NN results (the run-end protocol)}, "protocol": ...}} of a checkpoint
+    (``encoder`` replaces the run's ``eval.encoder``)."""
     from sslkd.engine.trainer import pick_device
     from sslkd.eval.checkpoints import load_members
     from sslkd.eval.protocol import eval_loaders, knn_results
 
-    strategy, cfg, backbones = load_members(path, member, data_name, data_root)
+    strategy, cfg, backbones = load_members(path, member, data_name, data_root, encoder)
     torch_device = pick_device(device)
     train_loader, test_loader = eval_loaders(cfg)
     num_classes = train_loader.dataset.info.num_classes
@@ -234,7 +235,8 @@ def add_layer_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_knn_layers(args: argparse.Namespace) -> int:
-    results = knn_per_layer(args.checkpoint, args.layers, args.member, args.data_name, args.data_root)
+    results = knn_per_layer(args.checkpoint, args.layers, args.member, args.data_name, args.data_root,
+                            encoder=args.encoder)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
