@@ -3,6 +3,7 @@ Strategy interface the trainer drives. A strategy owns no loop, optimiser or I/O
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, ClassVar
 
@@ -166,7 +167,7 @@ class Strategy(nn.Module):
     def network_passes(self, views: list[torch.Tensor]) -> torch.Tensor:
         """Only the network passes a step of this method needs (students forward, teachers forward) on ``views``,
         reduced to a scalar to back-propagate through the students; ``sslkd bench`` measures the rest as overhead."""
-        raise NotImplementedError(f"{type(self).__name__} does not declare its network passes for sslkd bench")
+        return sum_of_trained_outputs(self.network_outputs(views))
 
     def defer(self, update: Callable[[], None]) -> None:
         """Queue a state update computed in ``forward`` (a center, a queue or a bank write). The trainer applies it
@@ -201,6 +202,20 @@ class Strategy(nn.Module):
 
     def eval_backbones(self) -> dict[str, nn.Module]:
         return {name: member.eval_backbone(self.evaluated_encoder(name)) for name, member in self.members.items()}
+
+
+def sum_of_trained_outputs(outputs) -> torch.Tensor:
+    """The mean of every output that carries a gradient, summed over nested dicts, lists, tuples and dataclasses
+    (other values are skipped): a scalar whose backward runs every student pass of ``network_outputs``."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs.float().mean() if outputs.requires_grad else outputs.new_zeros((), dtype=torch.float32)
+    if dataclasses.is_dataclass(outputs):
+        outputs = [getattr(outputs, f.name) for f in dataclasses.fields(outputs)]
+    elif isinstance(outputs, dict):
+        outputs = list(outputs.values())
+    elif not isinstance(outputs, (list, tuple)):
+        return torch.zeros(())
+    return sum((sum_of_trained_outputs(value) for value in outputs), torch.zeros(()))
 
 
 class Centers(nn.Module):

@@ -161,9 +161,6 @@ class MomentumSSL(Strategy):
         losses["loss"] = sum(losses.values())
         return losses
 
-    def network_passes(self, views):
-        return sum(t.float().mean() for out in self.network_outputs(views).values() for t in (*out.q, *out.z))
-
     def after_step(self, step):
         self.update_teachers(step, self.options.momentum_teacher)
 

@@ -120,8 +120,5 @@ class DINO(Strategy):
     def schedule_values(self, step):
         return {"teacher_temp": teacher_temperature(step, self.options)}
 
-    def network_passes(self, views):
-        return sum(out["student"].float().mean() for out in self.network_outputs(views).values())
-
     def after_step(self, step):
         self.update_teachers(step, self.options.momentum_teacher)

@@ -124,6 +124,3 @@ class DoGo(Strategy):
             losses.update({f"{name}/ssl": ssl, f"{name}/kd": kd, f"{name}/loss": ssl + member.cfg.distill_weight * kd})
         losses["loss"] = sum(losses[f"{name}/loss"] for name in self.members)
         return losses
-
-    def network_passes(self, views):
-        return sum(out.mean() for out in self.network_outputs(views).values())

@@ -169,12 +169,6 @@ class MOKD(Strategy):
         }
         return {"students": students, "teachers": teachers, "searched": searched, "n_crops": len(views)}
 
-    def network_passes(self, views):
-        out = self.network_outputs(views)
-        students, searched = out["students"], out["searched"]
-        outputs = [s[k] for s in students.values() for k in ("mlp", "thead")] + [t for pair in searched.values() for t in pair]
-        return sum(o.float().mean() for o in outputs)
-
     def after_step(self, step):
         self.update_teachers(step, self.options.momentum_teacher)
 

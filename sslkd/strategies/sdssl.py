@@ -295,7 +295,3 @@ class SDSSL(MomentumSSL):
             total = total + opts.beta * pred
         losses[f"{name}/loss"] = total
         return losses
-
-    def network_passes(self, views):
-        return sum(t.float().mean() for out in self.network_outputs(views).values()
-                   for t in (*(q for view in out.student for q in (view.q_final, *view.q_layers)), *out.targets))

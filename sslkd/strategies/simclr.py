@@ -102,9 +102,6 @@ class TwoViewSSL(Strategy):
         losses["loss"] = sum(losses.values())
         return losses
 
-    def network_passes(self, views):
-        return sum(out.mean() for out in self.network_outputs(views).values())
-
 
 @STRATEGIES.register("simclr")
 class SimCLR(TwoViewSSL):

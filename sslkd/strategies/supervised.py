@@ -49,18 +49,6 @@ class SupervisedCohort(Strategy):
         """{"logits": {m: z_m}}: every member's class logits on the one view (the same tensor for every member)."""
         return {"logits": self.logits(views[0])}
 
-    def network_passes(self, views):
-        return sum_of_trained_outputs(self.network_outputs(views))
-
-
-def sum_of_trained_outputs(outputs) -> torch.Tensor:
-    """The mean of every output that carries a gradient, summed (nested dicts and lists): a scalar whose backward
-    runs every student pass of ``network_outputs`` (``sslkd bench``)."""
-    if isinstance(outputs, torch.Tensor):
-        return outputs.float().mean() if outputs.requires_grad else outputs.new_zeros((), dtype=torch.float32)
-    values = outputs.values() if isinstance(outputs, dict) else outputs
-    return sum(sum_of_trained_outputs(value) for value in values)
-
 
 @STRATEGIES.register("supervised")
 class Supervised(SupervisedCohort):
