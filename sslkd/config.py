@@ -8,6 +8,7 @@ a value of the wrong type fails with the key path and what is allowed. Strategy-
 from __future__ import annotations
 
 import dataclasses
+import re
 import difflib
 import types
 import typing
@@ -153,6 +154,9 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
 
 
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _convert(value: Any, tp: Any, path: str) -> Any:
     """Check ``value`` against the annotation ``tp`` and return it converted (lists -> tuples, dicts -> dataclasses)."""
     origin = typing.get_origin(tp)
@@ -193,6 +197,8 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
             raise bad
         return {str(k): _convert(v, args[1], f"{path}.{k}") for k, v in value.items()}
     if tp is float:
+        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value):
+            return float(value)  # YAML 1.1 reads "2e-3" (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
         return float(value)

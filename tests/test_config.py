@@ -27,6 +27,15 @@ def test_overrides_parse_yaml_values_and_nest():
     assert cfg.train.epochs == 5 and cfg.data.augment.global_scale == (0.3, 1.0) and cfg.data.root == "/x"
 
 
+def test_scientific_floats_without_a_dot_are_floats():
+    """YAML 1.1 reads `2e-3` as a string; a float key takes it as the number a user meant, other strings stay errors."""
+    data = apply_overrides({}, ["members.a.optimizer.lr=2e-3", "members.a.optimizer.min_lr=1E5"])
+    opt = from_dict(Config, data).members["a"].optimizer
+    assert opt.lr == 0.002 and opt.min_lr == 1e5
+    with pytest.raises(UserError, match=r"'members.a.optimizer.lr': expected float or null, got '2e-3x'"):
+        from_dict(Config, apply_overrides({}, ["members.a.optimizer.lr=2e-3x"]))
+
+
 def test_strategy_options_validated_against_strategy(tiny_cfg):
     from sslkd.data import DatasetInfo
     from sslkd.registry import STRATEGIES

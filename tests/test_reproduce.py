@@ -63,6 +63,8 @@ def test_tiny_table_resumes_and_skips_what_finished(reproduce, tmp_path, monkeyp
             {"key": "multiexit_knn", "args": ["multiexit", "--protocol", "knn", "--layers", "1,final"],
              "per_table": True},
         ],
+        "claims": [{"text": "a above its floor", "treated": ["dino/tiny_dino", "cnn"], "threshold": 10},
+                   {"text": "a beats b", "treated": ["dino/tiny_dino", "cnn"], "baseline": ["dino/tiny_dino_b", "cnn"]}],
     }
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(yaml.safe_dump(spec))
@@ -121,8 +123,16 @@ def test_tiny_table_resumes_and_skips_what_finished(reproduce, tmp_path, monkeyp
     assert reproduce.main(argv, log=third.append) == 0
     assert [line.split()[1] for line in third if line.startswith(("train", "resume", "eval"))] == ["multiexit_knn"]
 
+    # the claims: a against its own step-0 floor (paired) and against b (Welch), one seed so no interval yet
+    a = json.loads((out / "dino" / "tiny_dino" / "seed0" / "summary.json").read_text())["members"]["cnn"]
+    b = json.loads((out / "dino" / "tiny_dino_b" / "seed0" / "summary.json").read_text())["members"]["cnn"]
+    verdicts = (results / "tiny_table_proxy_verdicts.md").read_text()
+    assert (f"| a above its floor | {a['knn_top1']:.2f} (n=1) | {a['random_init']['knn_top1']:.2f} (n=1) | "
+            f"{a['knn_top1'] - a['random_init']['knn_top1']:+.2f} | - (paired t) | no interval") in verdicts
+    assert f"| a beats b | {a['knn_top1']:.2f} (n=1) | {b['knn_top1']:.2f} (n=1) |" in verdicts
+
     for name in ("tiny_table_proxy.md", "tiny_table_proxy.csv", "tiny_table_proxy_runs.md",
-                 "tiny_table_proxy_random_init.md", "tiny_table_proxy_wall.md"):
+                 "tiny_table_proxy_random_init.md", "tiny_table_proxy_wall.md", "tiny_table_proxy_verdicts.md"):
         assert (results / name).is_file(), name
     for run in ("dino/tiny_dino/seed0", "dino/tiny_dino_b/seed0", "random_init/dino/tiny_dino"):
         for name in ("summary.json", "config.yaml", "metrics.jsonl"):

@@ -64,6 +64,20 @@ class Evaluation:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """A headline comparison over the table's runs: ``treated`` against ``baseline``, each (config folder/stem,
+    member). No ``baseline``: the treated run's own random-init floor (same seed and weights, a paired test).
+    ``direction`` +1: the paper reports treated above baseline; ``threshold``: the margin the claim needs."""
+
+    text: str
+    treated: tuple[str, str]
+    baseline: tuple[str, str] | None = None
+    direction: int = 1
+    threshold: float = 0.0
+    metric: str = "knn_top1"
+
+
+@dataclass(frozen=True)
 class Table:
     """Everything one paper table needs. ``runs`` names the run directory it shares with other tables;
     ``proxy_minutes``: measured or estimated wall time of the whole proxy table at 3 seeds on 2 CPU cores,
@@ -83,6 +97,7 @@ class Table:
     proxy_minutes: float | None = None
     overrides: tuple[str, ...] = ()
     note: str = ""
+    claims: tuple[Claim, ...] = ()
 
     @property
     def run_group(self) -> str:
@@ -137,7 +152,9 @@ def sdssl_paper(backbone: str) -> tuple[str, ...]:
 SDSSL_PAPER = sdssl_paper("vit_s16")
 PROXY_TRANSFER = ("--data", "digits")  # the one other data set on these machines (scikit-learn's, embedded)
 
-PROXY_V2_BASELINES = (f"{Z}/dino/proxy_v2_cifar10_subset_resnet20.yaml", f"{Z}/simclr/proxy_v2_cifar10_subset_resnet20.yaml")
+PROXY_V2_BASELINES = (*(f"{Z}/{method}/proxy_v2_cifar10_subset_resnet20.yaml"
+                         for method in ("dino", "simclr", "byol", "mocov3", "simsiam")),
+                      f"{Z}/dino/proxy_v2_cifar10_subset_vit_p4_d4.yaml")
 
 
 def sdssl_ablation(name: str, change: str, overrides: tuple[str, ...], why: str) -> Table:
@@ -291,7 +308,10 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     Table("v2_baselines", "CPU proxy v2", "every self-supervised baseline against its own random-init floor "
           "(the v2 protocol counts only when each is >= 10 k-NN points above it)",
           PROXY_V2_BASELINES, PROXY_V2_BASELINES, compare="runs", proxy_minutes=None,
-          note="proxy only: the protocol check of results/README.md 'CPU proxy v2'"),
+          note="proxy only: the protocol check of results/README.md 'CPU proxy v2'",
+          claims=tuple(Claim(f"{_stem(c).replace('/proxy_v2_cifar10_subset_', ' on ')} >= 10 above its floor",
+                             (_stem(c), member), threshold=10.0)
+                       for c, member in zip(PROXY_V2_BASELINES, ("cnn", "net", "cnn", "cnn", "cnn", "vit")))),
 )}
 
 
@@ -492,10 +512,58 @@ def write_tables(plan: Plan, log) -> None:
         outputs[f"{stem}_random_init.md"] = ([floors], "runs", "md")
     for path, (dirs, name, fmt) in outputs.items():
         Path(path).write_text(compare(dirs, table=name, fmt=fmt))
+    if table.claims:
+        Path(f"{stem}_verdicts.md").write_text(verdicts(plan))
     wall = wall_times(plan, run_dirs)
     Path(f"{stem}_wall.md").write_text(wall)
     log(Path(f"{stem}.md").read_text())
     log(wall)
+
+
+def claim_values(plan: Plan, claim: Claim) -> tuple[list[float], list[float]]:
+    """Per recorded seed: the treated member's metric and the baseline's (or the treated run's floor)."""
+    def value(summary: dict, member: str, metric: str) -> float | None:
+        record = summary["members"].get(member, {})
+        for key in metric.split("."):
+            record = record.get(key) if isinstance(record, dict) else None
+        return record
+
+    def seeds(stem: str) -> list[dict]:
+        runs = sorted((plan.out / stem).glob("seed*/summary.json"), key=lambda p: int(p.parent.name[4:]))
+        return [json.loads(p.read_text()) for p in runs]
+
+    treated_runs = seeds(claim.treated[0])
+    if claim.baseline is None:
+        floor_run = plan.out / "random_init" / claim.treated[0] / "summary.json"
+        floor_run = json.loads(floor_run.read_text()) if floor_run.is_file() else {}
+
+        def floor(summary: dict) -> float | None:
+            """The run's own step-0 floor; runs older than per-run floors take the random-init run of their seed."""
+            own = value(summary, claim.treated[1], f"random_init.{claim.metric}")
+            if own is None and floor_run.get("seed") == summary.get("seed"):
+                return value(floor_run, claim.treated[1], claim.metric)
+            return own
+
+        pairs = [(value(s, claim.treated[1], claim.metric), floor(s)) for s in treated_runs]
+        pairs = [(t, b) for t, b in pairs if t is not None and b is not None]
+        return [t for t, _ in pairs], [b for _, b in pairs]
+    treated = [value(s, claim.treated[1], claim.metric) for s in treated_runs]
+    baseline = [value(s, claim.baseline[1], claim.metric) for s in seeds(claim.baseline[0])]
+    return [v for v in treated if v is not None], [v for v in baseline if v is not None]
+
+
+def verdicts(plan: Plan) -> str:
+    """Each claim of the table with both sides (mean +- std over the recorded seeds), the difference, its 95%
+    confidence interval and the verdict (sslkd.report.verdicts)."""
+    from sslkd.report.verdicts import judge, verdict_table
+
+    results = [judge(c.text, *claim_values(plan, c), paired=c.baseline is None, direction=c.direction,
+                     threshold=c.threshold) for c in plan.table.claims]
+    return (f"**{plan.table.paper}{' (CPU proxy)' if plan.proxy else ''}: claims and verdicts**\n\n"
+            + verdict_table(results, "measured", "compared with") + "\n- k-NN top-1 (weighted, k=20) of the "
+            "evaluated encoder; 'compared with' is the run's own random-init floor (paired t over seeds) or another "
+            "run (Welch t). The verdict reads the 95% interval of the difference: it excludes 0 on the paper's side "
+            "(reproduced), on the other (reversed), or contains it (within noise).\n")
 
 
 def wall_times(plan: Plan, run_dirs: list[Path]) -> str:
@@ -575,8 +643,10 @@ def load_spec(path: str) -> Table:
                         f"{', '.join(sorted(known))}")
     evaluations = tuple(Evaluation(**{k: tuple(v) if isinstance(v, list) else v for k, v in e.items()})
                         for e in raw.pop("evaluations", []) or [])
+    claims = tuple(Claim(**{k: tuple(v) if isinstance(v, list) else v for k, v in c.items()})
+                   for c in raw.pop("claims", []) or [])
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
-    return Table(**{"paper": raw["name"], "about": "", **fields, "evaluations": evaluations})
+    return Table(**{"paper": raw["name"], "about": "", **fields, "evaluations": evaluations, "claims": claims})
 
 
 def with_data_root(table: Table, data_root: str) -> Table:

@@ -12,7 +12,7 @@ BYOL's* (``last_bn``: False here, True for MoCo v3). Widths: hidden 4096, out 25
 
 Views: BYOL's asymmetric augmentation (``byol_views``): RandomResizedCrop (0.08, 1) bicubic, flip, colour jitter
 (0.4, 0.4, 0.2, 0.1) p=0.8, grayscale 0.2, blur p=1.0 / 0.1 and solarise p=0 / 0.2 on the two views. Of
-``data.augment`` only ``global_size`` (the crop size) is read.
+``data.augment`` only ``global_size`` (the crop size) and ``blur`` (false: no blur on either view) are read.
 
 Options (``strategy:``): ``proj_hidden_dim``, ``pred_hidden_dim``, ``out_dim``, ``last_bn``, ``momentum_teacher``,
 ``concat_views`` (False: one pass per view, as BYOL's and the SDSSL code; True: one pass over both views
@@ -68,10 +68,12 @@ class MLPHead(nn.Sequential):
 
 
 def byol_views(strategy: Strategy) -> SimCLRTransform:
-    """BYOL's two asymmetric views (also MoCo v3's and SDSSL's) at the training crop size."""
+    """BYOL's two asymmetric views (also MoCo v3's and SDSSL's) at the training crop size; ``data.augment.blur``
+    false drops the blur (the CIFAR recipes of solo-learn and lightly), keeping the asymmetric solarisation."""
     size, _ = strategy.crop_sizes()
+    blur_p = (1.0, 0.1) if strategy.cfg.data.augment.blur else 0.0
     return SimCLRTransform(size, scale=(0.08, 1.0), jitter=(0.4, 0.4, 0.2, 0.1), jitter_p=0.8, gray_p=0.2,
-                           blur_p=(1.0, 0.1), solarize_p=(0.0, 0.2), mean=strategy.info.mean, std=strategy.info.std,
+                           blur_p=blur_p, solarize_p=(0.0, 0.2), mean=strategy.info.mean, std=strategy.info.std,
                            interpolation=v2.InterpolationMode.BICUBIC)
 
 
