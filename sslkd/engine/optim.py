@@ -74,12 +74,24 @@ class LARS(torch.optim.Optimizer):
                 p.add_(state["mu"], alpha=-group["lr"])
 
 
+FUSED_DEVICES = ("cpu", "cuda")
+
+
+def fused_adamw(groups: list[dict]) -> bool | None:
+    """Whether AdamW takes its fused kernel: one pass over each parameter instead of a chain of element-wise ops
+    (about 5x faster on a CPU; the same update, rounded in another order). Needs every parameter floating point
+    on a CPU or CUDA device. SGD keeps its default: its fused kernel fails on a parameter that gets its first
+    gradient late (DINO's last layer after ``freeze_last_layer``), and its update is cheap already."""
+    params = [p for group in groups for p in group["params"]]
+    return (bool(params) and all(p.is_floating_point() and p.device.type in FUSED_DEVICES for p in params)) or None
+
+
 def build_optimizer(named_params: Iterable[tuple[str, nn.Parameter]], cfg: OptimConfig) -> torch.optim.Optimizer:
     groups = param_groups(named_params)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=0.0, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=0.0, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(groups, lr=0.0, weight_decay=cfg.weight_decay, fused=fused_adamw(groups))
     return LARS(groups, lr=0.0, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
 
 
