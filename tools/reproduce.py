@@ -152,9 +152,24 @@ def sdssl_paper(backbone: str) -> tuple[str, ...]:
 SDSSL_PAPER = sdssl_paper("vit_s16")
 PROXY_TRANSFER = ("--data", "digits")  # the one other data set on these machines (scikit-learn's, embedded)
 
+DINO_VIT_V2 = f"{Z}/dino/proxy_v2_cifar10_subset_vit_p4_d4.yaml"
 PROXY_V2_BASELINES = (*(f"{Z}/{method}/proxy_v2_cifar10_subset_resnet20.yaml"
-                         for method in ("dino", "simclr", "byol", "mocov3", "simsiam")),
-                      f"{Z}/dino/proxy_v2_cifar10_subset_vit_p4_d4.yaml")
+                        for method in ("dino", "simclr", "byol", "mocov3", "simsiam")), DINO_VIT_V2)
+
+MOKD_V2 = (f"{Z}/dino/proxy_v2_cifar10_subset_resnet20.yaml", DINO_VIT_V2,
+           f"{Z}/mokd/proxy_v2_cifar10_subset_resnet20_vit_p4_d4.yaml")
+MCL_SSL_V2 = f"{Z}/mcl/proxy_v2_ssl_cifar10_subset_resnet20_vit_p4_d4.yaml"
+
+
+def mokd_v2_claims(other: str | None, other_name: str) -> tuple[Claim, ...]:
+    """MOKD's members against the same backbones trained by ``other`` (a config with members cnn and vit; None: each
+    trained alone with DINO), then each MOKD member against its own floor."""
+    mokd = _stem(MOKD_V2[2])
+    against = ({"cnn": _stem(MOKD_V2[0]), "vit": _stem(MOKD_V2[1])} if other is None
+               else dict.fromkeys(("cnn", "vit"), _stem(other)))
+    return (*(Claim(f"MOKD's {m.upper()} beats the {m.upper()} {other_name}", (mokd, m), (against[m], m))
+              for m in ("cnn", "vit")),
+            *(Claim(f"MOKD's {m.upper()} above its random-init floor", (mokd, m)) for m in ("cnn", "vit")))
 
 
 def sdssl_ablation(name: str, change: str, overrides: tuple[str, ...], why: str) -> Table:
@@ -305,6 +320,14 @@ TABLES: dict[str, Table] = {t.name: t for t in (
           paper_cost="Table 1's runs + a linear probe and k-NN per block + the Sec. 4.4 analyses", proxy_minutes=25,
           note="`sslkd eval multiexit` (Fig. 3: linear, as the paper, and k-NN) and `sslkd eval analyze` "
                "(Sec. 4.4: alignment, uniformity, CKA) over every run of the table"),
+    Table("mokd_table1_v2", "MOKD Table 1", "k-NN of both nets, each alone (DINO) vs trained together (MOKD), "
+          "CPU proxy v2", MOKD_V2, compare="mokd_table1", runs="v2_baselines", proxy_minutes=None,
+          claims=mokd_v2_claims(None, "trained alone (DINO)"),
+          note="proxy only; the DINO runs are v2_baselines' (shared); the MOKD pair trains ~4x slower than DINO alone"),
+    Table("mokd_table3_v2", "MOKD Table 3", "MOKD against self-supervised MCL with the same pair, CPU proxy v2",
+          (MOKD_V2[2], MCL_SSL_V2), compare="mokd_table3", runs="v2_baselines", proxy_minutes=None,
+          claims=mokd_v2_claims(MCL_SSL_V2, "trained by self-supervised MCL")[:2],
+          note="proxy only; the MOKD runs are mokd_table1_v2's (shared)"),
     Table("v2_baselines", "CPU proxy v2", "every self-supervised baseline against its own random-init floor "
           "(the v2 protocol counts only when each is >= 10 k-NN points above it)",
           PROXY_V2_BASELINES, PROXY_V2_BASELINES, compare="runs", proxy_minutes=None,
