@@ -22,7 +22,8 @@ def fake_row(method: str, official_s: float, sslkd_s: float) -> dict:
             "overhead_ratio_cpu": 1.05}
     return {"method": method, "checkout": f"/x/{method}", "commit": "abc1234", "official_s": official_s,
             "sslkd_s": sslkd_s, "official_cpu_s": official_s, "sslkd_cpu_s": sslkd_s, "pairs": 2,
-            "speedup_per_pair": [official_s / sslkd_s] * 2, "work": {"official": side, "sslkd": side}}
+            "speedup_per_pair": [official_s / sslkd_s] * 2, "work": {"official": side, "sslkd": side},
+            "setting": "a setting", "sslkd": "def5678", "measured": "2026-11-29T23:00 UTC", "threads": 2}
 
 
 def test_page_shows_speedups_patches_and_what_missed_the_target(tmp_path):

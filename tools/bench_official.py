@@ -75,13 +75,8 @@ class Setting:
 SETTINGS = {
     "dino": Setting(
         "zoo_configs/dino/imagenet_vit_s16_100ep.yaml", batch=8, global_size=64, local_size=32, n_local=8,
-        out_dim=16384, overrides=("members.vit.backbone_args={img_size: 64}",),
-        describe="ViT-S/16, DINO head K=16384, 2x64 px + 8x32 px crops, batch 8, AdamW, clip 3",
-    ),
-    "mokd": Setting(
-        "zoo_configs/mokd/imagenet_r50_vit_s16_100ep.yaml", batch=4, global_size=64, local_size=32, n_local=8,
-        out_dim=16384, overrides=("members.vit.backbone_args={img_size: 64}",),
-        describe="ResNet-50 + ViT-S/16, DINO heads and 3-block T-Heads K=16384, 2x64 px + 8x32 px crops, batch 4",
+        out_dim=65536, overrides=("members.vit.backbone_args={img_size: 64}",),
+        describe="ViT-S/16, DINO head K=65536, 2x64 px + 8x32 px crops, batch 8, AdamW, clip 3",
     ),
     "sdssl": Setting(
         "zoo_configs/sdssl/imagenet_vit_s16_sd_byol_300ep.yaml", batch=16, global_size=64,
@@ -94,6 +89,11 @@ SETTINGS = {
         "zoo_configs/dogo/tinyimagenet_r18_r18.yaml", batch=16, global_size=32, views="pairs",
         overrides=("data.image_size=32",),
         describe="ResNet-18 x 2 (small-image stem), SimCLR projectors, own 2x32 px views per peer, batch 16, Adam",
+    ),
+    "mokd": Setting(
+        "zoo_configs/mokd/imagenet_r50_vit_s16_100ep.yaml", batch=4, global_size=64, local_size=32, n_local=8,
+        out_dim=16384, overrides=("members.vit.backbone_args={img_size: 64}",),
+        describe="ResNet-50 + ViT-S/16, DINO heads and 3-block T-Heads K=16384, 2x64 px + 8x32 px crops, batch 4",
     ),
 }
 
@@ -533,11 +533,12 @@ def measure(method: str, checkout: Path, pairs: int, warmup: int) -> dict:
     work = {side: run_worker([method, str(checkout), side]) for side in ("official", "sslkd")}
     speedup = timing["official_s"] / timing["sslkd_s"]
     print(f"[{method}] sslkd {speedup:.2f}x faster (wall), {timing['official_cpu_s'] / timing['sslkd_cpu_s']:.2f}x (CPU)", flush=True)
-    return {"method": method, "checkout": str(checkout), "commit": checkout_commit(checkout), **timing, "work": work}
+    return {"method": method, "checkout": str(checkout), "commit": checkout_commit(checkout), **timing, "work": work,
+            "setting": SETTINGS[method].describe, "sslkd": checkout_commit(REPO) + (" + uncommitted changes" if dirty() else ""),
+            "measured": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M UTC"), "threads": torch.get_num_threads()}
 
 
 def format_page(rows: list[dict], command: str, pairs: int) -> str:
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M UTC")
     lines = [
         "# sslkd against the authors' code: one training step, side by side",
         "",
@@ -547,9 +548,8 @@ def format_page(rows: list[dict], command: str, pairs: int) -> str:
         command,
         "```",
         "",
-        f"sslkd at {checkout_commit(REPO)}{' with uncommitted changes' if dirty() else ''}. "
-        f"Measured {when} on {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), torch "
-        f"{torch.__version__}, {torch.get_num_threads()} threads, fp32, synthetic inputs. Each method: both sides "
+        f"On {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), torch "
+        f"{torch.__version__}, 2 threads, fp32, synthetic inputs. Each method: both sides "
         f"built in one process, their steps interleaved (official, sslkd, official, ...), {pairs} timed pairs after "
         "a warm-up pair, medians. *Speed-up* = official median step time / sslkd's (wall clock); *CPU ratio* = the "
         f"same for process CPU time, which waiting for a busy core does not inflate. Target: >= {TARGET_SPEEDUP}x.",
@@ -560,7 +560,7 @@ def format_page(rows: list[dict], command: str, pairs: int) -> str:
     for row in rows:
         faster = sum(s > 1 for s in row["speedup_per_pair"])
         lines.append(
-            f"| {row['method']} | {SETTINGS[row['method']].describe} | {row['official_s']:.3f} | {row['sslkd_s']:.3f} | "
+            f"| {row['method']} | {row['setting']} | {row['official_s']:.3f} | {row['sslkd_s']:.3f} | "
             f"**{row['official_s'] / row['sslkd_s']:.2f}x** | {row['official_cpu_s'] / row['sslkd_cpu_s']:.2f}x | "
             f"{faster}/{row['pairs']} |"
         )
@@ -582,9 +582,11 @@ def format_page(rows: list[dict], command: str, pairs: int) -> str:
             f"{s['params'] / 1e6:.2f}M ({s['trainable_params'] / 1e6:.2f}M) | {o['backbone_images']} / {s['backbone_images']} | "
             f"{o['gflops']:.1f} | {s['gflops']:.1f} | {o['peak_mb']:.0f} | {s['peak_mb']:.0f} | {s['overhead_ratio_cpu']:.2f} |"
         )
-    lines += ["", "Authors' checkouts and the run-time patches applied to them (nothing else is changed):", ""]
+    lines += ["", "When, with which sslkd, against which checkout:", ""]
     for row in rows:
-        lines.append(f"- **{row['method']}**: `{row['checkout']}` at {row['commit']}")
+        lines.append(f"- **{row['method']}**: measured {row['measured']}, sslkd {row['sslkd']}, {row['pairs']} pairs; "
+                     f"authors' code `{row['checkout']}` at {row['commit']}")
+    lines += ["", "Run-time patches applied to the authors' code (nothing else is changed):", ""]
     lines += [""] + [f"- all: {patch}" for patch in PATCHES["all"]]
     for row in rows:
         lines += [f"- {row['method']}: {patch}" for patch in PATCHES[row["method"]]]
@@ -608,7 +610,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=10, help="timed pairs of steps per method")
     parser.add_argument("--warmup", type=int, default=1, help="untimed pairs first")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (both sides)")
-    parser.add_argument("--output", type=Path, default=OUTPUT)
+    parser.add_argument("--output", type=Path, default=OUTPUT,
+                        help="the page; its .json beside it keeps every method's figures, so a run of some methods "
+                             "updates their rows and keeps the others'")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -626,12 +630,17 @@ def main(argv: list[str] | None = None) -> int:
     missing = [f"--{m} {p}" for m, p in chosen.items() if not p.is_dir()]
     if missing:
         parser.error(f"not a directory: {', '.join(missing)}")
-    rows = [measure(method, path, args.pairs, args.warmup) for method, path in chosen.items()]
-    command = "python tools/bench_official.py " + " ".join(f"--{m} {p}" for m, p in chosen.items())
+    store = args.output.with_suffix(".json")
+    rows = json.loads(store.read_text()) if store.exists() else {}
+    for method, path in chosen.items():
+        rows[method] = measure(method, path, args.pairs, args.warmup)
+        store.write_text(json.dumps(rows, indent=1))
+    rows = [rows[m] for m in SETTINGS if m in rows]
+    command = "python tools/bench_official.py " + " ".join(f"--{r['method']} {r['checkout']}" for r in rows)
     if args.pairs != 10:
         command += f" --pairs {args.pairs}"
     write_page(format_page(rows, command, args.pairs), args.output)
-    print(f"wrote {args.output}")
+    print(f"wrote {args.output} and {store}")
     return 0
 
 

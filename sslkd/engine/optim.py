@@ -97,12 +97,20 @@ def build_optimizer(named_params: Iterable[tuple[str, nn.Parameter]], cfg: Optim
 
 @torch.no_grad()
 def clip_per_parameter(params: list[torch.Tensor], max_norm: float) -> None:
-    """DINO's clipping: each parameter's gradient norm is clipped to ``max_norm`` on its own (fused ops)."""
+    """DINO's clipping: each parameter's gradient norm is clipped to ``max_norm`` on its own (fused ops).
+
+    On a GPU every gradient is multiplied by its scale (most scales are 1), which needs no host sync; on a CPU,
+    where reading the scales costs nothing, only the gradients that are actually clipped are touched."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return
     norms = torch.stack(torch._foreach_norm(grads))
     scales = (max_norm / (norms + 1e-6)).clamp_(max=1.0)
+    if scales.device.type == "cpu":
+        clipped = scales.lt(1.0).nonzero().flatten().tolist()
+        grads, scales = [grads[i] for i in clipped], scales[clipped]
+        if not grads:
+            return
     torch._foreach_mul_(grads, list(scales.unbind()))
 
 
