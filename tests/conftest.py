@@ -11,6 +11,16 @@ load_plugins()
 torch.set_num_threads(1)
 
 TINY_VIT = {"img_size": 32, "patch_size": 8, "depth": 1, "embed_dim": 24, "num_heads": 2}
+# The tests' MOKD set-up, whatever the quickstart's defaults are: a CNN and a ViT (MOKD Table 1's pairing) on 32-px
+# multi-crop views, DINO's head and temperature defaults with a 3-epoch teacher warm-up
+MOKD_CNN_VIT = [
+    "members={cnn: {backbone: cifar_resnet20, optimizer: {name: sgd}}, vit: {backbone: vit_tiny_patch16_224, "
+    "optimizer: {name: adamw}}}",
+    "data.augment={n_global: 2, n_local: 4, global_size: 32, local_size: 16, global_scale: [0.25, 1.0], "
+    "local_scale: [0.05, 0.25]}",
+    "data.image_size=null",
+    "strategy={warmup_teacher_temp_epochs: 3}",
+]
 
 
 def tiny_overrides(method: str = "mokd", epochs: int = 1) -> list[str]:
@@ -30,7 +40,9 @@ def tiny_overrides(method: str = "mokd", epochs: int = 1) -> list[str]:
         "members.cnn.optimizer.warmup_epochs=0.5",
     ]
     if method == "mokd":
-        overrides += [
+        overrides = [
+            *MOKD_CNN_VIT,
+            *overrides,
             f"members.vit.backbone_args={TINY_VIT}".replace("'", ""),
             "members.vit.optimizer.warmup_epochs=0.5",
             "strategy.thead_dim=24",

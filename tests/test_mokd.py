@@ -250,7 +250,9 @@ def test_zoo_configs_train_the_cnn_thead_with_the_vits_optimiser():
         assert resolve_optim(cnn.module_optimizers["thead"], "cnn") == resolve_optim(vit.optimizer, "vit"), path
         assert resolve_optim(cnn.optimizer, "cnn").name == "sgd" and resolve_optim(vit.optimizer, "vit").name == "adamw"
         options = strategy_options(cfg, MOKDOptions)
-        assert options.norm_last_layer and options.norm_last_layer_per_member == {"vit": False}, path
+        assert options.norm_last_layer_per_member.get("vit", options.norm_last_layer) is False, path
+        if "proxy_v2" not in path:  # v2 trains every head's gain (proxy_v2_dino.yaml); the code: the CNN's is fixed
+            assert options.norm_last_layer and options.norm_last_layer_per_member == {"vit": False}, path
 
 
 def test_cnn_thead_has_its_own_optimiser_schedule_and_resumes(tmp_path, tiny_cfg):
