@@ -1,0 +1,112 @@
+"""Golden numerics of every preset: a refactor must not change what any method computes.
+
+Every registered method's default config, shrunk to tiny members (4-channel CNNs, a 1-block ViT, narrow heads),
+trains two steps on 32 digits with one thread; its logged losses and a fingerprint of every weight and buffer of the
+checkpoint (students, EMA teachers, centers, queues, banks: float64 sum, sum of squares, first and middle entry) must
+equal tests/golden/presets.json to float rounding (relative 1e-6). A deliberate change of numerics regenerates the
+file and says why in its commit:
+
+    python tests/test_golden.py          # rewrites tests/golden/presets.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+GOLDEN = Path(__file__).parent / "golden" / "presets.json"
+RTOL = 1e-6
+METHODS = ("byol", "dino", "dml", "dogo", "lmcl", "mcl", "mocov3", "mokd", "sdssl", "simclr", "simsiam",
+           "supervised")
+COMMON = ["train.epochs=2", "train.batch_size=16", "data.train_subset=32", "data.num_workers=0", "train.log_every=1",
+          "train.device=cpu", "train.seed=0", "eval.knn_k=[5]"]
+TINY_VIT = "{img_size: 32, patch_size: 8, depth: 1, embed_dim: 24, num_heads: 2}"
+NARROW = {"out_dim": 16, "hidden_dim": 16, "bottleneck_dim": 8, "proj_hidden_dim": 16, "pred_hidden_dim": 16,
+          "layer_proj_hidden_dim": 16, "embed_dim": 8, "thead_dim": 24, "thead_depth": 1, "thead_num_heads": 2}
+
+
+def tiny_overrides(method: str) -> list[str]:
+    """The method's default config with every member shrunk (by its backbone) and every head dimension narrowed
+    (the strategy's own option names), whatever the members are called."""
+    from sslkd.config import load_config
+    from sslkd.registry import STRATEGIES
+
+    cfg = load_config(method, None, [])
+    overrides = list(COMMON)
+    for name, member in cfg.members.items():
+        if member.backbone.startswith("vit"):
+            overrides += [f"members.{name}.backbone_args={TINY_VIT}", f"members.{name}.drop_path_rate=0",
+                          f"members.{name}.backbone=vit_tiny_patch16_224"]
+        else:
+            overrides += [f"members.{name}.backbone=cifar_resnet20", f"members.{name}.backbone_args={{widths: [4, 8, 8]}}"]
+    if cfg.data.image_size:
+        overrides += ["data.image_size=32", "data.augment.global_size=32", "data.augment.local_size=16"]
+    options = STRATEGIES.get(method).Options
+    fields = {f.name for f in dataclasses.fields(options)} if dataclasses.is_dataclass(options) else set()
+    overrides += [f"strategy.{key}={value}" for key, value in NARROW.items() if key in fields]
+    return overrides
+
+
+def fingerprint(tensor: torch.Tensor) -> list[float]:
+    """float64 sum, sum of squares, first and middle entries of the flattened tensor."""
+    flat = tensor.detach().reshape(-1).to(torch.float64)
+    if flat.numel() == 0:
+        return [0.0, 0.0]
+    return [float(flat.sum()), float((flat * flat).sum()), float(flat[0]), float(flat[flat.numel() // 2])]
+
+
+def run_preset(method: str, run_dir: Path) -> dict:
+    """Two steps of the tiny preset; its losses per step and the fingerprint of every checkpointed tensor."""
+    from sslkd.config import load_config
+    from sslkd.engine.trainer import Trainer
+
+    torch.set_num_threads(1)
+    Trainer(load_config(method, None, tiny_overrides(method)), run_dir).fit(stop_at_epoch=1)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [{k: v for k, v in r.items() if k != "images_per_s" and isinstance(v, float)}
+              for r in records if "loss" in r]
+    state = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["strategy"]
+    tensors = {k: fingerprint(v) for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()}
+    return {"losses": losses, "tensors": tensors}
+
+
+def close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=RTOL, abs_tol=1e-12)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_preset_numerics_unchanged(method, tmp_path):
+    golden = json.loads(GOLDEN.read_text())[method]
+    measured = run_preset(method, tmp_path / method)
+    assert len(measured["losses"]) == len(golden["losses"]), "number of logged steps changed"
+    for step, (got, want) in enumerate(zip(measured["losses"], golden["losses"])):
+        assert got.keys() == want.keys(), f"step {step}: loss terms changed"
+        changed = {k: (got[k], want[k]) for k in want if not close(got[k], want[k])}
+        assert not changed, f"step {step}: losses (now, golden) {changed}"
+    assert measured["tensors"].keys() == golden["tensors"].keys(), "checkpointed tensors renamed, added or removed"
+    changed = [k for k, want in golden["tensors"].items()
+               if len(want) != len(measured["tensors"][k]) or not all(map(close, measured["tensors"][k], want))]
+    assert not changed, f"{len(changed)} tensors changed, e.g. {changed[:5]}"
+
+
+def regenerate() -> None:
+    import tempfile
+
+    from sslkd.registry import load_plugins
+
+    load_plugins()
+    GOLDEN.parent.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        presets = {m: run_preset(m, Path(tmp) / m) for m in METHODS}
+    GOLDEN.write_text("{\n" + ",\n".join(f"{json.dumps(m)}: {json.dumps(p)}" for m, p in presets.items()) + "\n}\n")
+    print(f"wrote {GOLDEN}")
+
+
+if __name__ == "__main__":
+    sys.exit(regenerate())
