@@ -36,3 +36,17 @@ def test_page_shows_speedups_patches_and_what_missed_the_target(tmp_path):
     output.write_text(output.read_text() + "hand-written note\n")
     bench_official.write_page(page.replace("2.00x", "3.00x"), output)
     assert "**3.00x**" in output.read_text() and output.read_text().endswith("hand-written note\n")
+
+
+def test_rows_measured_by_other_runs_are_merged_into_one_page(tmp_path):
+    import json
+
+    import torch
+
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"mokd": fake_row("mokd", 3.0, 2.0), "dino": fake_row("dino", 2.0, 1.0)}))
+    page = tmp_path / "page.md"
+    assert bench_official.main(["--merge", str(other), "--output", str(page), "--threads", str(torch.get_num_threads())]) == 0
+    text = page.read_text()
+    assert text.index("| dino |") < text.index("| mokd |") and "**1.50x**" in text
+    assert "--dino /x/dino --mokd /x/mokd" in text and set(json.loads(page.with_suffix(".json").read_text())) == {"dino", "mokd"}

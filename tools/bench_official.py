@@ -613,6 +613,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=OUTPUT,
                         help="the page; its .json beside it keeps every method's figures, so a run of some methods "
                              "updates their rows and keeps the others'")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                        help="take these methods' rows from the .json of another run (e.g. methods measured in "
+                             "parallel into other --output files), then measure the methods given, if any")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -625,13 +628,16 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.result).write_text(json.dumps(result))
         return 0
     chosen = {m: getattr(args, m).resolve() for m in SETTINGS if getattr(args, m) is not None}
-    if not chosen:
+    if not chosen and not args.merge:
         parser.error("give at least one checkout, e.g. --dino /path/to/dino")
     missing = [f"--{m} {p}" for m, p in chosen.items() if not p.is_dir()]
     if missing:
         parser.error(f"not a directory: {', '.join(missing)}")
     store = args.output.with_suffix(".json")
     rows = json.loads(store.read_text()) if store.exists() else {}
+    for other in args.merge or []:
+        rows.update(json.loads(other.read_text()))
+    store.write_text(json.dumps(rows, indent=1))
     for method, path in chosen.items():
         rows[method] = measure(method, path, args.pairs, args.warmup)
         store.write_text(json.dumps(rows, indent=1))
