@@ -41,8 +41,8 @@ def test_list_names_every_table_with_its_costs(reproduce):
 
 
 def _actions(lines):
-    return [line.split()[0] for line in lines if line.split() and line.split()[0] in ("skip", "train", "resume",
-                                                                                       "eval")]
+    return [line.split()[0] for line in lines
+            if line.split() and line.split()[0] in ("skip", "restore", "train", "resume", "eval")]
 
 
 def test_tiny_table_resumes_and_skips_what_finished(reproduce, tmp_path, monkeypatch):
@@ -153,3 +153,10 @@ def test_tiny_table_resumes_and_skips_what_finished(reproduce, tmp_path, monkeyp
     assert reproduce.main(records_only, log=lambda _: None) == 0
     assert {p.name: p.read_text() for p in results.glob("tiny_table_proxy*.*")} == tables
     assert reproduce.main([*records_only[:4], "2", *records_only[5:]], log=lambda _: None) == 2  # no seed 1 records
+
+    # ... and continued: every finished run is restored from its records, nothing is trained or evaluated again
+    restored = []
+    assert reproduce.main([*argv[:-2], "--results", str(results)], log=restored.append) == 0
+    assert [line.split()[0] for line in restored if line.startswith(("restore", "train", "resume", "eval"))] == [
+        "restore"] * 3
+    assert {p.name: p.read_text() for p in results.glob("tiny_table_proxy*.*")} == tables

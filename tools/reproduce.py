@@ -6,7 +6,8 @@
     python tools/reproduce.py mokd_table1 --proxy --seeds 1
     python tools/reproduce.py dogo_table1                 paper scale (needs the paper's data and GPUs)
 
-Resumable in parts: a run with summary.json is skipped, a run with a checkpoint is resumed, an evaluation already
+Resumable in parts: a run with summary.json is skipped, one whose records are committed in results/ is restored
+from them (a fresh clone continues a table where it stopped), a run with a checkpoint is resumed, an evaluation already
 recorded in a run's summary.json (``evals``) is skipped. Tables that evaluate the same trained models share their
 runs (MOKD Tables 4, 5, 9 and Fig. 5 reuse MOKD Table 1's). Layout (the same as tools/proxy_*_table1.sh):
 
@@ -361,11 +362,22 @@ def sslkd(argv: list[str]) -> None:
         raise UserError(f"`sslkd {' '.join(argv)}` failed (exit {status}); fix it and run the same command again")
 
 
-def train(config: str, run_dir: Path, overrides: list[str], log) -> str:
-    """Skip a finished run, resume an interrupted one, else start it; returns what it did."""
+RECORD_FILES = ("summary.json", "config.yaml", "metrics.jsonl")
+
+
+def train(config: str, run_dir: Path, overrides: list[str], log, records: Path | None = None) -> str:
+    """Skip a finished run, restore one finished elsewhere from its committed ``records`` (a fresh clone has no
+    runs/), resume an interrupted one, else start it; returns what it did."""
     if (run_dir / "summary.json").is_file():
         log(f"skip    {run_dir} (finished)")
         return "skip"
+    if records is not None and (records / "summary.json").is_file() and not (run_dir / "checkpoints").is_dir():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for name in RECORD_FILES:
+            if (records / name).is_file():
+                shutil.copy2(records / name, run_dir / name)
+        log(f"restore {run_dir} (finished; records from {records})")
+        return "restore"
     if (run_dir / "checkpoints" / "last.pt").is_file():
         log(f"resume  {run_dir}")
         sslkd(["train", "--resume", str(run_dir)])
@@ -443,6 +455,10 @@ class Plan:
     def floors(self) -> tuple[str, ...]:
         return self.table.random_init if self.proxy else ()
 
+    def records(self, run_dir: Path) -> Path:
+        """Where a run's records are committed: results/[proxy_]<runs>/<run path below out>."""
+        return self.results / f"{'proxy_' if self.proxy else ''}{self.table.run_group}" / run_dir.relative_to(self.out)
+
     def table_eval_dir(self, key: str) -> Path:
         """Where a per-table evaluation writes: results/<table>[_proxy]_<key>."""
         return self.results / f"{self.table.name}{self.suffix}_{key}"
@@ -470,13 +486,13 @@ def run_plan(plan: Plan, log=print) -> list[tuple[str, str]]:
     table = plan.table
     for config in plan.floors():
         run_dir = plan.out / "random_init" / _stem(config)
-        plan.actions.append((train(_resolve(config), run_dir, [*table.overrides, "--random-init"], log),
-                             str(run_dir)))
+        plan.actions.append((train(_resolve(config), run_dir, [*table.overrides, "--random-init"], log,
+                                   plan.records(run_dir)), str(run_dir)))
     for seed in plan.seeds:
         for config in plan.configs():
             run_dir = plan.out / _stem(config) / f"seed{seed}"
-            plan.actions.append((train(_resolve(config), run_dir, [*table.overrides, f"train.seed={seed}"], log),
-                                 str(run_dir)))
+            plan.actions.append((train(_resolve(config), run_dir, [*table.overrides, f"train.seed={seed}"], log,
+                                       plan.records(run_dir)), str(run_dir)))
     for evaluation in plan.evaluations():
         if evaluation.per_table:
             plan.actions.append((evaluate_table(evaluation, plan, log), evaluation.key))
@@ -507,11 +523,10 @@ def _eval_targets(plan: Plan, evaluation: Evaluation | None = None) -> list[tupl
 
 def write_results(plan: Plan, log) -> None:
     """Copy every run's records to results/, write the tables and the wall-time account; print the table."""
-    records = plan.results / f"{'proxy_' if plan.proxy else ''}{plan.table.run_group}"
     for run_dir in sorted(p.parent for p in plan.out.rglob("summary.json")):
-        target = records / run_dir.relative_to(plan.out)
+        target = plan.records(run_dir)
         target.mkdir(parents=True, exist_ok=True)
-        for name in ("summary.json", "config.yaml", "metrics.jsonl"):
+        for name in RECORD_FILES:
             if (run_dir / name).is_file():
                 shutil.copy2(run_dir / name, target / name)
     write_tables(plan, log)

@@ -28,13 +28,21 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     return torch.autocast(device.type, dtype=dtype)
 
 
+def channels_last_safe(module: torch.nn.Module) -> bool:
+    """False when ``module`` has a strided 1x1 convolution reading fewer than 8 channels: in channels-last layout
+    oneDNN's AVX2 kernel for its backward pass corrupts the heap or hangs (torch 2.14, e.g. 4 -> 8 channels at
+    stride 2, a ResNet shortcut of a very narrow network); such a member stays in the default layout."""
+    return not any(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) and max(m.stride) > 1
+                   and m.in_channels < 8 for m in module.modules())
+
+
 def prepare_members(strategy: torch.nn.Module, train: TrainConfig) -> None:
     """Channels-last weights for CNN members (students and EMA teachers alike, so the fused EMA update sees
-    matching layouts; the activations follow the weights), and ``torch.compile`` of every backbone's
-    ``forward_tokens`` and every head when ``train.compile`` is set. Parameter names and checkpoints are
-    unchanged by either."""
+    matching layouts; the activations follow the weights) where oneDNN handles them (``channels_last_safe``),
+    and ``torch.compile`` of every backbone's ``forward_tokens`` and every head when ``train.compile`` is set.
+    Parameter names and checkpoints are unchanged by either."""
     for member in strategy.members.values():
-        if train.channels_last and member.kind == "cnn":
+        if train.channels_last and member.kind == "cnn" and channels_last_safe(member):
             member.to(memory_format=torch.channels_last)
         if train.compile:
             models = [member.student] + ([member.teacher.module] if member.teacher is not None else [])
