@@ -34,6 +34,7 @@ class AugmentConfig:
     global_scale: tuple[float, float] = (0.4, 1.0)
     local_scale: tuple[float, float] = (0.05, 0.4)
     blur: bool = True  # Gaussian blur in the multi-crop views; CIFAR recipes (solo-learn, lightly) leave it out
+    batched: bool = False  # make each view for the whole batch at once (sslkd.data.batched): same random draws
 
 
 @dataclass

@@ -60,20 +60,32 @@ class ViewAugment:
         self.mean, self.std = list(mean), list(std)
         self.interpolation = interpolation
 
+    def draw(self, img: torch.Tensor) -> dict:
+        """This view's random parameters for ``img``, drawn from the global RNG in the v2 transforms' order."""
+        params = {"crop": self.crop.make_params([img]), "flip": bool(torch.rand(1) < 0.5), "jitter": None,
+                  "gray": False, "blur_sigma": None, "solarize": False}
+        if torch.rand(1) < self.jitter_p:
+            params["jitter"] = self.jitter.make_params([img])
+        params["gray"] = bool(torch.rand(1) < self.gray_p)
+        if self.blur_p > 0 and torch.rand(1) < self.blur_p:
+            params["blur_sigma"] = self.blur.make_params([img])["sigma"]
+        params["solarize"] = bool(self.solarize_p > 0 and torch.rand(1) < self.solarize_p)
+        return params
+
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        crop = self.crop.make_params([img])
-        x = TF.resized_crop_image(img, **crop, size=[self.size, self.size], interpolation=self.interpolation,
-                                  antialias=True)
-        if torch.rand(1) < 0.5:
+        params = self.draw(img)
+        x = TF.resized_crop_image(img, **params["crop"], size=[self.size, self.size],
+                                  interpolation=self.interpolation, antialias=True)
+        if params["flip"]:
             x = TF.horizontal_flip_image(x)
         x = TF.to_dtype_image(x, torch.float32, scale=True)
-        if torch.rand(1) < self.jitter_p:
-            x = self._color_jitter(x, self.jitter.make_params([x]))
-        if torch.rand(1) < self.gray_p:
+        if params["jitter"] is not None:
+            x = self._color_jitter(x, params["jitter"])
+        if params["gray"]:
             x = TF.rgb_to_grayscale_image(x, num_output_channels=3)
-        if self.blur_p > 0 and torch.rand(1) < self.blur_p:
-            x = _gaussian_blur(x, self.kernel_size, self.blur.make_params([x])["sigma"])
-        if self.solarize_p > 0 and torch.rand(1) < self.solarize_p:
+        if params["blur_sigma"] is not None:
+            x = _gaussian_blur(x, self.kernel_size, params["blur_sigma"])
+        if params["solarize"]:
             x = TF.solarize_image(x, threshold=128 / 255)
         return TF.normalize_image(x, self.mean, self.std)
 
@@ -156,8 +168,12 @@ class MultiCropTransform:
         self.n_global, self.n_local = n_global, n_local
         self.global_size, self.local_size = global_size, local_size
 
+    def view_sequence(self) -> list[ViewAugment]:
+        """The views in the order ``__call__`` draws them (``data.augment.batched`` draws them the same way)."""
+        return self.global_views + [self.local_view] * self.n_local
+
     def __call__(self, img: torch.Tensor) -> list[torch.Tensor]:
-        return [t(img) for t in self.global_views] + [self.local_view(img) for _ in range(self.n_local)]
+        return [t(img) for t in self.view_sequence()]
 
     def __repr__(self) -> str:
         return (f"MultiCropTransform({self.n_global}x{self.global_size}px global, "
@@ -188,6 +204,9 @@ class SimCLRTransform:
             for b, s in zip(blur_ps, solarize_ps)
         ]
         self.size = size
+
+    def view_sequence(self) -> list[ViewAugment]:
+        return list(self.views)
 
     def __call__(self, img: torch.Tensor) -> list[torch.Tensor]:
         return [t(img) for t in self.views]

@@ -27,7 +27,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from sslkd.config import Config, save_config, to_dict
 from sslkd.data import build_dataset
-from sslkd.data.sampling import SeededViews
+from sslkd.data.batched import BatchedViews
+from sslkd.data.sampling import SeededImages, SeededViews
 from sslkd.engine import distributed as dist
 from sslkd.engine.checkpoint import (
     atomic_write,
@@ -278,8 +279,11 @@ class Trainer:
     def _make_loader(self) -> DataLoader:
         """The training loader: workers persist across epochs (no start-up stall each epoch)."""
         workers = self.cfg.data.num_workers
+        transform = self.strategy.train_transform()
+        batched = self.cfg.data.augment.batched
         return DataLoader(
-            SeededViews(self.train_set, self.strategy.train_transform()),
+            SeededImages(self.train_set) if batched else SeededViews(self.train_set, transform),
+            collate_fn=BatchedViews(transform) if batched else None,
             batch_size=self.cfg.train.batch_size,
             sampler=startable(self.sampler),
             num_workers=workers,
