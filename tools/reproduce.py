@@ -153,25 +153,61 @@ def sdssl_paper(backbone: str) -> tuple[str, ...]:
 SDSSL_PAPER = sdssl_paper("vit_s16")
 PROXY_TRANSFER = ("--data", "digits")  # the one other data set on these machines (scikit-learn's, embedded)
 
-DINO_VIT_V2 = f"{Z}/dino/proxy_v2_cifar10_subset_vit_p4_d4.yaml"
-PROXY_V2_BASELINES = (*(f"{Z}/{method}/proxy_v2_cifar10_subset_resnet20.yaml"
-                        for method in ("dino", "simclr", "byol", "mocov3", "simsiam")), DINO_VIT_V2)
+VIT_STEM = {"v2": "vit_p4_d4", "v3": "vit_p2_d4"}  # v3's 16-px views take 2-px patches: v2's 64 tokens
 
-MOKD_V2 = (f"{Z}/dino/proxy_v2_cifar10_subset_resnet20.yaml", DINO_VIT_V2,
-           f"{Z}/mokd/proxy_v2_cifar10_subset_resnet20_vit_p4_d4.yaml")
-MCL_SSL_V2 = f"{Z}/mcl/proxy_v2_ssl_cifar10_subset_resnet20_vit_p4_d4.yaml"
+
+def proxy_baselines(version: str) -> tuple[str, ...]:
+    """Every self-supervised baseline of CPU proxy ``version`` (v2, v3), each alone on its backbone."""
+    return (*(f"{Z}/{method}/proxy_{version}_cifar10_subset_resnet20.yaml"
+              for method in ("dino", "simclr", "byol", "mocov3", "simsiam")),
+            f"{Z}/dino/proxy_{version}_cifar10_subset_{VIT_STEM[version]}.yaml")
+
+
+def mokd_configs(version: str) -> tuple[str, str, str]:
+    """DINO alone on the CNN and on the ViT, then the MOKD pair, under CPU proxy ``version``."""
+    return (*proxy_baselines(version)[::5], f"{Z}/mokd/proxy_{version}_cifar10_subset_resnet20_{VIT_STEM[version]}.yaml")
+
+
+def mcl_ssl_config(version: str) -> str:
+    return f"{Z}/mcl/proxy_{version}_ssl_cifar10_subset_resnet20_{VIT_STEM[version]}.yaml"
+
+
 QUICKSTART = "sslkd/configs/mokd.yaml"
 
 
-def mokd_v2_claims(other: str | None, other_name: str) -> tuple[Claim, ...]:
+def mokd_claims(version: str, other: str | None, other_name: str) -> tuple[Claim, ...]:
     """MOKD's members against the same backbones trained by ``other`` (a config with members cnn and vit; None: each
     trained alone with DINO), then each MOKD member against its own floor."""
-    mokd = _stem(MOKD_V2[2])
-    against = ({"cnn": _stem(MOKD_V2[0]), "vit": _stem(MOKD_V2[1])} if other is None
+    dino_cnn, dino_vit, mokd = map(_stem, mokd_configs(version))
+    against = ({"cnn": dino_cnn, "vit": dino_vit} if other is None
                else dict.fromkeys(("cnn", "vit"), _stem(other)))
     return (*(Claim(f"MOKD's {m.upper()} beats the {m.upper()} {other_name}", (mokd, m), (against[m], m))
               for m in ("cnn", "vit")),
             *(Claim(f"MOKD's {m.upper()} above its random-init floor", (mokd, m)) for m in ("cnn", "vit")))
+
+
+def proxy_tables(version: str) -> tuple[Table, ...]:
+    """The baseline check and MOKD Tables 1 and 3 under CPU proxy ``version``: v2 (32-px views, over budget: 65-95
+    minutes per single-model run) or v3 (the same at 16-px views; results/README.md 'CPU proxy v3')."""
+    baselines, (dino_cnn, dino_vit, mokd), mcl = proxy_baselines(version), mokd_configs(version), mcl_ssl_config(version)
+    runs = f"{version}_baselines"
+    return (
+        Table(runs, f"CPU proxy {version}", "every self-supervised baseline against its own random-init floor "
+              f"(the {version} protocol counts only when each is >= 10 k-NN points above it)",
+              baselines, baselines, compare="runs", proxy_minutes=None,
+              note=f"proxy only: the protocol check of results/README.md 'CPU proxy {version}'",
+              claims=tuple(Claim(f"{_stem(c).replace(f'/proxy_{version}_cifar10_subset_', ' on ')} >= 10 above its "
+                                 "floor", (_stem(c), member), threshold=10.0)
+                           for c, member in zip(baselines, ("cnn", "net", "cnn", "cnn", "cnn", "vit")))),
+        Table(f"mokd_table1_{version}", "MOKD Table 1", "k-NN of both nets, each alone (DINO) vs trained together "
+              f"(MOKD), CPU proxy {version}", (dino_cnn, dino_vit, mokd), compare="mokd_table1", runs=runs,
+              proxy_minutes=None, claims=mokd_claims(version, None, "trained alone (DINO)"),
+              note=f"proxy only; the DINO runs are {runs}' (shared); the MOKD pair trains ~4x slower than DINO alone"),
+        Table(f"mokd_table3_{version}", "MOKD Table 3", "MOKD against self-supervised MCL with the same pair, CPU "
+              f"proxy {version}", (mokd, mcl), compare="mokd_table3", runs=runs, proxy_minutes=None,
+              claims=mokd_claims(version, mcl, "trained by self-supervised MCL")[:2],
+              note=f"proxy only; the MOKD runs are mokd_table1_{version}'s (shared)"),
+    )
 
 
 def sdssl_ablation(name: str, change: str, overrides: tuple[str, ...], why: str) -> Table:
@@ -322,27 +358,13 @@ TABLES: dict[str, Table] = {t.name: t for t in (
           paper_cost="Table 1's runs + a linear probe and k-NN per block + the Sec. 4.4 analyses", proxy_minutes=25,
           note="`sslkd eval multiexit` (Fig. 3: linear, as the paper, and k-NN) and `sslkd eval analyze` "
                "(Sec. 4.4: alignment, uniformity, CKA) over every run of the table"),
-    Table("mokd_table1_v2", "MOKD Table 1", "k-NN of both nets, each alone (DINO) vs trained together (MOKD), "
-          "CPU proxy v2", MOKD_V2, compare="mokd_table1", runs="v2_baselines", proxy_minutes=None,
-          claims=mokd_v2_claims(None, "trained alone (DINO)"),
-          note="proxy only; the DINO runs are v2_baselines' (shared); the MOKD pair trains ~4x slower than DINO alone"),
-    Table("mokd_table3_v2", "MOKD Table 3", "MOKD against self-supervised MCL with the same pair, CPU proxy v2",
-          (MOKD_V2[2], MCL_SSL_V2), compare="mokd_table3", runs="v2_baselines", proxy_minutes=None,
-          claims=mokd_v2_claims(MCL_SSL_V2, "trained by self-supervised MCL")[:2],
-          note="proxy only; the MOKD runs are mokd_table1_v2's (shared)"),
+    *(table for version in ("v2", "v3") for table in proxy_tables(version)),
     Table("quickstart", "Quickstart", "`sslkd train --method mokd` (the package's default MOKD config, embedded "
           "digits) over seeds: each member against its own random-init floor",
           (QUICKSTART,), compare="runs", proxy_minutes=None,
           claims=tuple(Claim(f"quickstart {m} above its random-init floor", (_stem(QUICKSTART), m))
                        for m in ("vit_s", "vit_t")),
           note="proxy only: the quickstart's claim, checked over seeds"),
-    Table("v2_baselines", "CPU proxy v2", "every self-supervised baseline against its own random-init floor "
-          "(the v2 protocol counts only when each is >= 10 k-NN points above it)",
-          PROXY_V2_BASELINES, PROXY_V2_BASELINES, compare="runs", proxy_minutes=None,
-          note="proxy only: the protocol check of results/README.md 'CPU proxy v2'",
-          claims=tuple(Claim(f"{_stem(c).replace('/proxy_v2_cifar10_subset_', ' on ')} >= 10 above its floor",
-                             (_stem(c), member), threshold=10.0)
-                       for c, member in zip(PROXY_V2_BASELINES, ("cnn", "net", "cnn", "cnn", "cnn", "vit")))),
 )}
 
 
