@@ -210,6 +210,36 @@ def proxy_tables(version: str) -> tuple[Table, ...]:
     )
 
 
+DOGO_V3 = (f"{Z}/simclr/proxy_v3_cifar10_subset_resnet20.yaml", f"{Z}/simclr/proxy_v3_cifar10_subset_resnet56.yaml",
+           f"{Z}/dogo/proxy_v3_cifar10_subset_resnet56_resnet20.yaml")
+MCL_METHODS = ("supervised", "dml", "mcl", "lmcl")
+
+
+def dogo_v3_claims() -> tuple[Claim, ...]:
+    """DoGo Table 1: each peer of the pair above the same backbone trained alone with SimCLR, and above its floor."""
+    r20, r56, pair = map(_stem, DOGO_V3)
+    return (Claim("DoGo's ResNet-56 beats SimCLR's ResNet-56", (pair, "net1"), (r56, "net")),
+            Claim("DoGo's ResNet-20 beats SimCLR's ResNet-20", (pair, "net2"), (r20, "net")),
+            *(Claim(f"DoGo's {name} above its random-init floor", (pair, member))
+              for member, name in (("net1", "ResNet-56"), ("net2", "ResNet-20"))))
+
+
+def mcl_v3_table(name: str, pair: str, about: str) -> Table:
+    """MCL Table 1 (``pair`` resnet20_x2) or 2 (resnet20_resnet32) under CPU proxy v3: test top-1 of both nets for
+    independent training, DML, MCL and L-MCL; the paper's claims: each method's nets above the Baseline's, L-MCL
+    above DML."""
+    configs = tuple(f"{Z}/{m}/proxy_v3_cifar10_subset_{pair}.yaml" for m in MCL_METHODS)
+    baseline, dml, _, lmcl = map(_stem, configs)
+    claims = tuple(Claim(f"{label}'s {net} beats the Baseline's", (_stem(c), net), (baseline, net),
+                         metric="test_top1")
+                   for c, label in zip(configs[1:], ("DML", "MCL", "L-MCL")) for net in ("net1", "net2"))
+    claims += tuple(Claim(f"L-MCL's {net} beats DML's", (lmcl, net), (dml, net), metric="test_top1")
+                    for net in ("net1", "net2"))
+    return Table(name, f"MCL {name.split('_')[1].replace('table', 'Table ')}", f"{about}, CPU proxy v3", configs,
+                 compare=name.removesuffix("_v3"), proxy_minutes=None, claims=claims,
+                 note="proxy only: 40 epochs at 16 px (zoo_configs/_base_/mcl_proxy_v3.yaml)")
+
+
 def sdssl_ablation(name: str, change: str, overrides: tuple[str, ...], why: str) -> Table:
     """BYOL and MoCo v3, with and without SD, at the proxy scale with one setting changed (tagged in the tables)."""
     return Table(name, "SDSSL Table 1 (ablation)", f"BYOL and MoCo v3 with and without SD, {change}",
@@ -359,6 +389,14 @@ TABLES: dict[str, Table] = {t.name: t for t in (
           note="`sslkd eval multiexit` (Fig. 3: linear, as the paper, and k-NN) and `sslkd eval analyze` "
                "(Sec. 4.4: alignment, uniformity, CKA) over every run of the table"),
     *(table for version in ("v2", "v3") for table in proxy_tables(version)),
+    Table("dogo_table1_v3", "DoGo Table 1", "each model alone (SimCLR) vs in a DoGo pair, CPU proxy v3", DOGO_V3,
+          DOGO_V3[:2], (DOGO_PROBE,), compare="dogo_table1", runs="v3_baselines", proxy_minutes=None,
+          claims=dogo_v3_claims(),
+          note="proxy only; the SimCLR ResNet-20 runs are v3_baselines' (shared); k-NN claims, the DoGo linear probe "
+               "beside them"),
+    mcl_v3_table("mcl_table1_v3", "resnet20_x2", "two nets of the same architecture: Baseline, DML, MCL, L-MCL"),
+    mcl_v3_table("mcl_table2_v3", "resnet20_resnet32",
+                 "two nets of different architectures: Baseline, DML, MCL, L-MCL"),
     Table("quickstart", "Quickstart", "`sslkd train --method mokd` (the package's default MOKD config, embedded "
           "digits) over seeds: each member against its own random-init floor",
           (QUICKSTART,), compare="runs", proxy_minutes=None,
