@@ -90,6 +90,9 @@ def test_tiny_table_resumes_and_skips_what_finished(reproduce, tmp_path, monkeyp
     interrupted = []
     assert reproduce.main(argv, log=interrupted.append) == 130
     assert _actions(interrupted) == ["train", "train", "resume", "eval"]  # floor, a, the interrupted b; stop
+    # what finished is recorded and tabled already (a long table commits its records as they come)
+    assert (results / "proxy_tiny_table" / "dino" / "tiny_dino" / "seed0" / "summary.json").is_file()
+    assert "no interval" in (results / "tiny_table_proxy_verdicts.md").read_text()
     monkeypatch.setattr(reproduce, "sslkd", real)
 
     first = []

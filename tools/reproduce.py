@@ -806,7 +806,11 @@ def main(argv: list[str] | None = None, log=print) -> int:
                 check_records(plan)
                 write_tables(plan, log)
             else:
-                run_plan(plan, log)
+                try:
+                    run_plan(plan, log)
+                except Interrupted:
+                    write_results(plan, log)  # what finished is recorded and tabled; the rest continues next call
+                    raise
         finally:
             os.chdir(cwd)
         log(f"done in {(time.perf_counter() - start) / 60:.1f} min this session")
