@@ -112,3 +112,20 @@ def test_a_metrics_line_cut_short_by_a_kill_is_dropped_on_resume():
     assert _record_step('{"step": 7, "loss": 1.0}') == 7
     assert _record_step('{"step": 8, "lo') == float("inf")  # half-written when the process was killed
     assert _record_step("") == float("inf")
+
+
+def test_every_trainable_parameter_has_exactly_one_optimiser(tiny_cfg, tmp_path):
+    """A trainable module kept outside the members' students would never be updated: the trainer refuses it."""
+    from sslkd.engine.optim import check_every_parameter_optimised
+    from sslkd.engine.trainer import Trainer
+
+    trainer = Trainer(tiny_cfg("dino"), tmp_path)
+    check_every_parameter_optimised(trainer.strategy, trainer.optimizers)
+    trainer.strategy.stray = torch.nn.Linear(2, 2)
+    with pytest.raises(RuntimeError, match=r"never updated: \['stray.weight', 'stray.bias'\]"):
+        check_every_parameter_optimised(trainer.strategy, trainer.optimizers)
+    del trainer.strategy.stray
+    first = next(iter(trainer.optimizers.values()))
+    first.params.append(first.params[0])
+    with pytest.raises(RuntimeError, match="in more than one optimiser"):
+        check_every_parameter_optimised(trainer.strategy, trainer.optimizers)

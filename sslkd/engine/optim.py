@@ -151,3 +151,22 @@ def member_optimizers(name: str, student: nn.ModuleDict, cfg: MemberConfig, back
         )
         for key, (opt_cfg, owned) in ((key, parts[key]) for key in order)
     }
+
+
+def check_every_parameter_optimised(strategy: nn.Module, optimizers: dict[str, MemberOptimizer]) -> None:
+    """Every trainable parameter of ``strategy`` belongs to exactly one optimiser: the trainer updates members'
+    students only, so a trainable module a strategy keeps elsewhere would silently never learn."""
+    owners: dict[int, list[str]] = {}
+    for key, part in optimizers.items():
+        for param in part.params:
+            owners.setdefault(id(param), []).append(key)
+    trainable = [(n, p) for n, p in strategy.named_parameters() if p.requires_grad]
+    orphans = [n for n, p in trainable if id(p) not in owners]
+    shared = [f"{n} ({', '.join(owners[id(p)])})" for n, p in trainable if len(owners.get(id(p), ())) > 1]
+    if orphans or shared:
+        raise RuntimeError(
+            f"{type(strategy).__name__}: trainable parameters "
+            + (f"outside every member's student, never updated: {orphans[:5]}" if orphans else "")
+            + ("; " if orphans and shared else "")
+            + (f"in more than one optimiser: {shared[:5]}" if shared else "")
+            + "; keep trainable modules in a member's student (or set requires_grad=False)")

@@ -38,7 +38,13 @@ from sslkd.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from sslkd.engine.optim import MemberOptimizer, clip_per_parameter, member_optimizers, resolve_optim
+from sslkd.engine.optim import (
+    MemberOptimizer,
+    check_every_parameter_optimised,
+    clip_per_parameter,
+    member_optimizers,
+    resolve_optim,
+)
 from sslkd.engine.performance import autocast, autocast_dtype, prepare_members
 from sslkd.engine.schedules import cosine, warmup_cosine
 from sslkd.errors import UserError
@@ -139,6 +145,7 @@ class Trainer:
         self.optimizers: dict[str, MemberOptimizer] = {}
         for name, member in self.strategy.members.items():
             self.optimizers.update(member_optimizers(name, member.student, member.cfg, member.kind))
+        check_every_parameter_optimised(self.strategy, self.optimizers)
         self.autocast_dtype = autocast_dtype(cfg.train, self.device)
         self.use_amp = self.autocast_dtype == torch.float16  # fp16 needs loss scaling; bf16 does not
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
