@@ -153,23 +153,22 @@ def sdssl_paper(backbone: str) -> tuple[str, ...]:
 SDSSL_PAPER = sdssl_paper("vit_s16")
 PROXY_TRANSFER = ("--data", "digits")  # the one other data set on these machines (scikit-learn's, embedded)
 
-VIT_STEM = {"v2": "vit_p4_d4", "v3": "vit_p2_d4"}  # v3's 16-px views take 2-px patches: v2's 64 tokens
 
 
 def proxy_baselines(version: str) -> tuple[str, ...]:
     """Every self-supervised baseline of CPU proxy ``version`` (v2, v3), each alone on its backbone."""
     return (*(f"{Z}/{method}/proxy_{version}_cifar10_subset_resnet20.yaml"
               for method in ("dino", "simclr", "byol", "mocov3", "simsiam")),
-            f"{Z}/dino/proxy_{version}_cifar10_subset_{VIT_STEM[version]}.yaml")
+            f"{Z}/dino/proxy_{version}_cifar10_subset_vit_p4_d4.yaml")
 
 
 def mokd_configs(version: str) -> tuple[str, str, str]:
     """DINO alone on the CNN and on the ViT, then the MOKD pair, under CPU proxy ``version``."""
-    return (*proxy_baselines(version)[::5], f"{Z}/mokd/proxy_{version}_cifar10_subset_resnet20_{VIT_STEM[version]}.yaml")
+    return (*proxy_baselines(version)[::5], f"{Z}/mokd/proxy_{version}_cifar10_subset_resnet20_vit_p4_d4.yaml")
 
 
 def mcl_ssl_config(version: str) -> str:
-    return f"{Z}/mcl/proxy_{version}_ssl_cifar10_subset_resnet20_{VIT_STEM[version]}.yaml"
+    return f"{Z}/mcl/proxy_{version}_ssl_cifar10_subset_resnet20_vit_p4_d4.yaml"
 
 
 QUICKSTART = "sslkd/configs/mokd.yaml"
