@@ -223,6 +223,18 @@ def dogo_v3_claims() -> tuple[Claim, ...]:
               for member, name in (("net1", "ResNet-56"), ("net2", "ResNet-20"))))
 
 
+SDSSL_V3 = tuple(f"{Z}/sdssl/proxy_v3_cifar10_subset_resnet20_{sd}{base}.yaml"
+                 for base in ("simclr", "byol", "mocov3") for sd in ("", "sd_"))
+
+
+def sdssl_v3_claims() -> tuple[Claim, ...]:
+    """SDSSL Table 1: each SD-X above X (final layer, the evaluated encoder's k-NN), and each X above its floor."""
+    stems = [_stem(c) for c in SDSSL_V3]
+    names = ("SimCLR", "BYOL", "MoCo v3")
+    return (*(Claim(f"SD-{n} beats {n}", (sd, "cnn"), (x, "cnn")) for n, x, sd in zip(names, stems[::2], stems[1::2])),
+            *(Claim(f"{n} above its random-init floor", (x, "cnn")) for n, x in zip(names, stems[::2])))
+
+
 def mcl_v3_table(name: str, pair: str, about: str) -> Table:
     """MCL Table 1 (``pair`` resnet20_x2) or 2 (resnet20_resnet32) under CPU proxy v3: test top-1 of both nets for
     independent training, DML, MCL and L-MCL; the paper's claims: each method's nets above the Baseline's, L-MCL
@@ -393,6 +405,11 @@ TABLES: dict[str, Table] = {t.name: t for t in (
           claims=dogo_v3_claims(),
           note="proxy only; the SimCLR ResNet-20 runs are v3_baselines' (shared); k-NN claims, the DoGo linear probe "
                "beside them"),
+    Table("sdssl_table1_v3", "SDSSL Table 1", "SimCLR, BYOL and MoCo v3 with and without self-distillation of "
+          "every residual block, final layer and per layer, CPU proxy v3 (on a ResNet-20)", SDSSL_V3, SDSSL_V3[:1],
+          (Evaluation("multiexit_knn", ("multiexit", "--protocol", "knn"), per_table=True),),
+          compare="sdssl_table1", proxy_minutes=None, claims=sdssl_v3_claims(),
+          note="proxy only: on a CIFAR ResNet-20 (zoo_configs/_base_/sdssl_proxy_v3_resnet20.yaml says why)"),
     mcl_v3_table("mcl_table1_v3", "resnet20_x2", "two nets of the same architecture: Baseline, DML, MCL, L-MCL"),
     mcl_v3_table("mcl_table2_v3", "resnet20_resnet32",
                  "two nets of different architectures: Baseline, DML, MCL, L-MCL"),
