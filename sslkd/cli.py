@@ -110,7 +110,7 @@ def _add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train in this process, or in every process ``torchrun`` started (one process group, rank 0 writes)."""
-    from sslkd.engine import distributed as dist
+    from sslkd.core import distributed as dist
 
     try:
         return _train(args)
@@ -120,7 +120,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from sslkd.config import from_dict, load_config, read_yaml, Config
-    from sslkd.engine import distributed as dist
+    from sslkd.core import distributed as dist
     from sslkd.engine.trainer import CHECKPOINT, Trainer
     from sslkd.registry import load_run_plugins
 

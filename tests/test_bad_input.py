@@ -12,7 +12,7 @@ from conftest import tiny_overrides
 from torchvision.io import write_png
 
 from sslkd.cli import main
-from sslkd.engine.checkpoint import FORMAT
+from sslkd.core.checkpoint import FORMAT
 
 TINY_DINO = ["train", "--method", "dino", *tiny_overrides("dino")]
 
@@ -167,7 +167,7 @@ def test_unfinished_run_is_refused(capsys, tmp_path):
 
 # ---------------------------------------------------------------------------------------------------- disk
 def test_full_disk_while_saving_keeps_the_previous_checkpoint(capsys, tmp_path, monkeypatch):
-    from sslkd.engine import checkpoint
+    from sslkd.core import checkpoint
 
     real_save, saves = torch.save, []
 

@@ -137,7 +137,7 @@ def exact_collectives(out: Path) -> None:
     outputs and gradients (averaged over processes, as the trainer does) must agree to rounding."""
     from torch import nn
 
-    from sslkd.engine import distributed
+    from sslkd.core import distributed
     from sslkd.losses.contrastive import dogo_kd_loss, nt_xent, similarity_logits
 
     rank, half = distributed.rank(), slice(8 * distributed.rank(), 8 * distributed.rank() + 8)
@@ -197,7 +197,7 @@ def test_collectives_equal_the_whole_batch_in_float64(two_process_runs):
 def main(out: str, methods: list[str]) -> None:
     import torch.distributed as dist
 
-    from sslkd.engine import distributed
+    from sslkd.core import distributed
 
     torch.set_num_threads(1)
     distributed.init_from_env("cpu")

@@ -6,9 +6,9 @@ import torch
 
 from sslkd.config import OptimConfig
 from sslkd.data.sampling import EpochSampler, SeededViews
-from sslkd.engine.checkpoint import atomic_write
+from sslkd.core.checkpoint import atomic_write
 from sslkd.engine.optim import LARS, clip_per_parameter, param_groups, resolve_optim
-from sslkd.engine.schedules import (
+from sslkd.core.schedules import (
     cosine,
     ema_momentum,
     linear_warmup_then_constant,

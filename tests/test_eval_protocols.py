@@ -12,7 +12,7 @@ from torchvision.io import write_png
 from sslkd.cli import main
 from sslkd.config import to_dict
 from sslkd.data import build_dataset
-from sslkd.engine.checkpoint import save_checkpoint
+from sslkd.core.checkpoint import save_checkpoint
 from sslkd.errors import UserError
 from sslkd.eval.attention import (
     feature_self_attention,

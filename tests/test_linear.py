@@ -13,7 +13,7 @@ from sslkd.config import to_dict
 from sslkd.data import build_dataset
 from sslkd.data.datasets import DatasetInfo, TensorImageDataset
 from sslkd.data.transforms import EvalTransform
-from sslkd.engine.checkpoint import save_checkpoint
+from sslkd.core.checkpoint import save_checkpoint
 from sslkd.errors import UserError
 from sslkd.eval.linear import (add_linear_parser, cmd_linear, linear_of_checkpoint, linear_probe, probe_feature_fn,
                                split_train_val)

@@ -246,7 +246,7 @@ def test_mcl_memory_mining_writes_banks_that_survive_a_checkpoint(tmp_path):
     strategy.apply_deferred()
     after = strategy.contrast.banks["small"].features
     assert not torch.equal(after[:4], before[:4]) and torch.equal(after[4:], before[4:])
-    from sslkd.engine.checkpoint import load_checkpoint, save_checkpoint
+    from sslkd.core.checkpoint import load_checkpoint, save_checkpoint
 
     save_checkpoint(tmp_path / "last.pt", {"method": "mcl", "strategy": strategy.state_dict()})
     fresh = build("mcl", ["strategy.mining=memory", "strategy.memory={momentum: 0.5, negatives: 5}"])

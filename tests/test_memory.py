@@ -4,7 +4,7 @@ save/restore through a checkpoint."""
 import torch
 import torch.nn.functional as F
 
-from sslkd.engine.checkpoint import load_checkpoint, save_checkpoint
+from sslkd.core.checkpoint import load_checkpoint, save_checkpoint
 from sslkd.models.memory import ClassIndex, FeatureQueue, MemoryBank
 
 

@@ -15,7 +15,7 @@ from rich.console import Console
 
 from sslkd.config import Config, from_dict, read_yaml
 from sslkd.engine import trainer as trainer_module
-from sslkd.engine.checkpoint import current_umask
+from sslkd.core.checkpoint import current_umask
 from sslkd.engine.trainer import CHECKPOINT, Trainer
 
 

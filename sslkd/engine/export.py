@@ -7,7 +7,7 @@ from pathlib import Path
 
 from safetensors.torch import save
 
-from sslkd.engine.checkpoint import atomic_write
+from sslkd.core.checkpoint import atomic_write
 from sslkd.errors import UserError
 
 

@@ -29,8 +29,8 @@ from sslkd.config import Config, save_config, to_dict
 from sslkd.data import build_dataset
 from sslkd.data.batched import BatchedViews
 from sslkd.data.sampling import SeededImages, SeededViews
-from sslkd.engine import distributed as dist
-from sslkd.engine.checkpoint import (
+from sslkd.core import distributed as dist
+from sslkd.core.checkpoint import (
     atomic_write,
     load_checkpoint,
     remove_partial_writes,
@@ -46,7 +46,7 @@ from sslkd.engine.optim import (
     resolve_optim,
 )
 from sslkd.engine.performance import autocast, autocast_dtype, prepare_members
-from sslkd.engine.schedules import cosine, warmup_cosine
+from sslkd.core.schedules import cosine, warmup_cosine
 from sslkd.errors import UserError
 from sslkd.eval.classify import add_test_accuracy
 from sslkd.eval.protocol import evaluate_members

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from sslkd.engine.checkpoint import atomic_write
+from sslkd.core.checkpoint import atomic_write
 from sslkd.errors import UserError
 
 CHECKPOINT = Path("checkpoints") / "last.pt"

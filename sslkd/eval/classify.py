@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from sslkd.config import Config
 from sslkd.data import build_dataset
 from sslkd.data.transforms import EvalTransform
-from sslkd.engine import distributed as dist
+from sslkd.core import distributed as dist
 
 
 def has_classifiers(strategy) -> bool:

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from sslkd.config import Config, EvalConfig
 from sslkd.data import build_dataset
 from sslkd.data.transforms import EvalTransform
-from sslkd.engine import distributed as dist
+from sslkd.core import distributed as dist
 from sslkd.errors import UserError
 from sslkd.eval.features import extract_features
 from sslkd.eval.knn import dogo_knn_mean, knn_topk_accuracy
@@ -92,7 +92,7 @@ def strategy_from_checkpoint(path, data_name: str | None = None, data_root: str 
     from pathlib import Path
 
     from sslkd.config import Config, from_dict
-    from sslkd.engine.checkpoint import load_checkpoint
+    from sslkd.core.checkpoint import load_checkpoint
     from sslkd.registry import STRATEGIES, load_run_plugins
 
     if (Path(path) / "checkpoints" / "last.pt").is_file():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sslkd.engine.distributed import all_gather_with_grad, rank
+from sslkd.core.distributed import all_gather_with_grad, rank
 from sslkd.losses.precision import loss_precision
 
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslkd.engine.distributed import all_gather_with_grad, rank
+from sslkd.core.distributed import all_gather_with_grad, rank
 from sslkd.losses.precision import loss_precision
 
 PairLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -13,6 +13,7 @@ from sslkd.report.tables import (
     rich_table,
     runs_table,
 )
+from sslkd.report import eval_tables  # noqa: E402,F401  registers the recorded-evaluation tables (MOKD 4/5/7/9...)
 
 __all__ = [
     "FORMATS", "TABLES", "compare", "compare_table", "find_summaries", "load_paper_numbers", "load_runs",

@@ -506,7 +506,6 @@ register_table("mokd_table3", mokd_table3, lambda runs: False,
 register_table("dogo_table1", dogo_table1, lambda runs: bool((runs.method == "dogo").any()),
                "DoGo Table 1: row model x column model, each pair against its models trained alone")
 register_table("runs", runs_table, lambda runs: True, "every run: method x member, accuracies over seeds")
-from sslkd.report import eval_tables  # noqa: E402,F401  (registers the recorded-evaluation tables: MOKD 4/5/7/9...)
 
 
 def _check_format(fmt: str) -> None:

@@ -15,9 +15,9 @@ from sslkd.config import Config, MemberConfig, read_yaml, strategy_options, PACK
 from sslkd.data import DatasetInfo
 from sslkd.data.sampling import EpochSampler
 from sslkd.data.transforms import MultiCropTransform, scaled_crop_sizes
-from sslkd.engine.distributed import all_reduce_mean
+from sslkd.core.distributed import all_reduce_mean
 from sslkd.errors import UserError
-from sslkd.engine.schedules import ema_momentum
+from sslkd.core.schedules import ema_momentum
 from sslkd.losses.dino import updated_center
 from sslkd.losses.precision import loss_precision
 from sslkd.models.backbones import build_backbone

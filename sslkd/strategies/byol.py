@@ -34,7 +34,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from sslkd.data.transforms import SimCLRTransform
-from sslkd.engine.schedules import ema_momentum
+from sslkd.core.schedules import ema_momentum
 from sslkd.losses.sdssl import byol_loss
 from sslkd.models.teacher import EMATeacher
 from sslkd.registry import STRATEGIES

@@ -20,7 +20,7 @@ from typing import Literal
 
 import torch
 
-from sslkd.engine.schedules import linear_warmup_then_constant, per_epoch_warmup_then_constant
+from sslkd.core.schedules import linear_warmup_then_constant, per_epoch_warmup_then_constant
 from sslkd.errors import UserError
 from sslkd.losses.dino import dino_loss
 from sslkd.models.heads import DINOHead

@@ -49,8 +49,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslkd.engine.distributed import all_gather_no_grad, all_gather_with_grad, rank
-from sslkd.engine.schedules import cosine
+from sslkd.core.distributed import all_gather_no_grad, all_gather_with_grad, rank
+from sslkd.core.schedules import cosine
 from sslkd.errors import UserError
 from sslkd.losses.classification import ensemble_distillation
 from sslkd.losses.mcl import TERMS, batch_contrastive_logits, mcl_loss

@@ -49,7 +49,7 @@ from torch.utils.data import Dataset, Subset
 
 from sslkd.data.sampling import ClassAwareSampler, dataset_labels
 from sslkd.data.transforms import SimCLRTransform
-from sslkd.engine.distributed import all_gather_no_grad, all_gather_with_grad, rank
+from sslkd.core.distributed import all_gather_no_grad, all_gather_with_grad, rank
 from sslkd.errors import UserError
 from sslkd.losses.mcl import (
     TERMS,

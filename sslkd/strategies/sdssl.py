@@ -58,7 +58,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from sslkd.engine.schedules import cosine
+from sslkd.core.schedules import cosine
 from sslkd.errors import UserError
 from sslkd.losses.contrastive import nt_xent
 from sslkd.losses.sdssl import info_nce, isd_loss, nt_xent_to_targets, pred_loss
