@@ -121,7 +121,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from sslkd.config import from_dict, load_config, read_yaml, Config
     from sslkd.core import distributed as dist
-    from sslkd.engine.trainer import CHECKPOINT, Trainer
+    from sslkd.core.rundir import RunDir
+    from sslkd.engine.trainer import Trainer
     from sslkd.registry import load_run_plugins
 
     if args.resume:
@@ -129,9 +130,11 @@ def _train(args: argparse.Namespace) -> int:
             raise UserError("--resume continues a run with its saved config.yaml: drop --method, --config, "
                             "--random-init and overrides")
         run_dir = Path(args.resume)
-        if not (run_dir / "config.yaml").is_file() or not (run_dir / CHECKPOINT).is_file():
-            raise UserError(f"'{run_dir}' holds no resumable run (config.yaml and {CHECKPOINT}); pass a run directory")
-        cfg = from_dict(Config, read_yaml(run_dir / "config.yaml"))
+        files = RunDir(run_dir)
+        if not files.config.is_file() or not files.checkpoint.is_file():
+            raise UserError(f"'{run_dir}' holds no resumable run (config.yaml and {RunDir.CHECKPOINT}); pass a run "
+                            "directory")
+        cfg = from_dict(Config, read_yaml(files.config))
         load_run_plugins(cfg.plugins)
         dist.init_from_env(cfg.train.device)
         trainer = Trainer(cfg, run_dir, resume=True)
@@ -147,16 +150,17 @@ def _train(args: argparse.Namespace) -> int:
             cfg.output_dir = f"runs/{cfg.method}-{cfg.data.name}-seed{cfg.train.seed}-{stamp}"
         cfg.output_dir = dist.broadcast_object(cfg.output_dir)
         run_dir = Path(cfg.output_dir)
+        files = RunDir(run_dir)
         check_output_dir(run_dir)
-        if (run_dir / "summary.json").exists() and not args.overwrite:
+        if files.summary.exists() and not args.overwrite:
             raise UserError(f"'{run_dir}' already holds a finished run; choose another --output-dir or pass --overwrite")
-        if (run_dir / CHECKPOINT).exists() and not args.overwrite:
+        if files.checkpoint.exists() and not args.overwrite:
             raise UserError(f"'{run_dir}' holds an unfinished run; continue it with `sslkd train --resume {run_dir}` or pass --overwrite")
         trainer = Trainer(cfg, run_dir)
         if args.overwrite and dist.is_main_process():
             # only now: a config that fails to build a trainer leaves the old run untouched
-            for name in ("summary.json", str(CHECKPOINT)):
-                (run_dir / name).unlink(missing_ok=True)
+            for path in (files.summary, files.checkpoint):
+                path.unlink(missing_ok=True)
     summary = trainer.fit()
     if summary is not None:
         _print_summary(summary, run_dir)
@@ -173,15 +177,14 @@ def _check_epochs(cfg, random_init: bool) -> None:
                         "members.<name>.random_init), or pass --random-init for an untrained run")
 
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints")
-
-
 def check_output_dir(run_dir: Path) -> None:
     """Refuse an output directory that cannot be made or written, or that holds something other than a run (the
     data folder, a home directory): a run writes and --overwrite deletes files there."""
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--output-dir '{run_dir}' is a file; choose a directory (new or empty)")
-    if run_dir.is_dir() and any(run_dir.iterdir()) and not any((run_dir / name).exists() for name in RUN_FILES):
+    from sslkd.core.rundir import RunDir
+
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not RunDir(run_dir).has_run_files():
         raise UserError(f"--output-dir '{run_dir}' is not empty and holds no sslkd run (config.yaml, "
                         f"metrics.jsonl); choose a new or empty directory, e.g. runs/{run_dir.name}")
     existing = next(parent for parent in [run_dir, *run_dir.absolute().parents] if parent.exists())

@@ -8,7 +8,8 @@ from test_mcl import TINY
 
 import sslkd.engine.trainer as trainer_module
 from sslkd.config import load_config
-from sslkd.engine.trainer import CHECKPOINT, Trainer
+from sslkd.core.rundir import RunDir
+from sslkd.engine.trainer import Trainer
 
 MEMORY = ["strategy.mining=memory", "strategy.memory={momentum: 0.5, negatives: 6}"]
 
@@ -84,13 +85,13 @@ def stopped_and_resumed(tmp_path, name):
     resumed = Trainer(tiny_mcl(extra, epochs=3), tmp_path / name, resume=True)
     assert resumed.step == 4
     resumed.fit(stop_at_epoch=2)
-    return torch.load(tmp_path / name / CHECKPOINT, weights_only=True)["strategy"]
+    return torch.load(tmp_path / name / RunDir.CHECKPOINT, weights_only=True)["strategy"]
 
 
 def test_memory_mining_resumes_exactly_because_the_rng_state_is_restored(tmp_path, monkeypatch):
     straight_run = Trainer(tiny_mcl([*MEMORY, "train.checkpoint_every_steps=1"], epochs=3), tmp_path / "straight")
     straight_run.fit(stop_at_epoch=2)
-    straight = torch.load(tmp_path / "straight" / CHECKPOINT, weights_only=True)["strategy"]
+    straight = torch.load(tmp_path / "straight" / RunDir.CHECKPOINT, weights_only=True)["strategy"]
     resumed = stopped_and_resumed(tmp_path, "resumed")
     for key, value in straight.items():
         assert torch.equal(value, resumed[key]), key

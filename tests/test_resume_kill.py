@@ -17,7 +17,8 @@ import pytest
 import torch
 from conftest import tiny_overrides
 
-from sslkd.engine.trainer import CHECKPOINT, Trainer
+from sslkd.core.rundir import RunDir
+from sslkd.engine.trainer import Trainer
 
 STEPS = 8  # 2 epochs of 4 batches of 16 on the 64-image subset
 KILL_SEED = 17  # draws the step after which the run is killed, and where inside the next step
@@ -82,12 +83,12 @@ def test_sigkilled_run_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):
     os.killpg(second.pid, signal.SIGKILL)
     second.wait()
     assert not (killed / "summary.json").exists(), f"the run ended before the kill after step {kill_after}"
-    interrupted_at = torch.load(killed / CHECKPOINT, weights_only=True)["step"]
+    interrupted_at = torch.load(killed / RunDir.CHECKPOINT, weights_only=True)["step"]
     assert 1 <= interrupted_at <= STEPS
     finish(sslkd("train", "--resume", str(killed)))
     finish(first)
-    a = torch.load(straight / CHECKPOINT, weights_only=True)
-    b = torch.load(killed / CHECKPOINT, weights_only=True)
+    a = torch.load(straight / RunDir.CHECKPOINT, weights_only=True)
+    b = torch.load(killed / RunDir.CHECKPOINT, weights_only=True)
     assert_same_state(a, b)
     knn = [json.loads((run / "summary.json").read_text())["members"]["cnn"]["knn_top1"] for run in (straight, killed)]
     assert knn[0] == knn[1]
@@ -116,14 +117,14 @@ def test_run_stopped_mid_epoch_resumes_at_the_next_batch(tmp_path, tiny_cfg):
     resumed = Trainer(tiny_cfg("dino", extra, epochs=2), tmp_path / "stopped", resume=True)
     assert (resumed.epoch, resumed.step) == (1, 6)
     resumed.fit()
-    assert_same_state(torch.load(tmp_path / "straight" / CHECKPOINT, weights_only=True),
-                      torch.load(tmp_path / "stopped" / CHECKPOINT, weights_only=True))
+    assert_same_state(torch.load(tmp_path / "straight" / RunDir.CHECKPOINT, weights_only=True),
+                      torch.load(tmp_path / "stopped" / RunDir.CHECKPOINT, weights_only=True))
 
 
 def test_death_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, tiny_cfg, monkeypatch):
     trainer = Trainer(tiny_cfg("dino", ["train.checkpoint_every_steps=1"], epochs=2), tmp_path / "run")
     trainer.fit(stop_at_epoch=1)
-    good = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)
+    good = torch.load(tmp_path / "run" / RunDir.CHECKPOINT, weights_only=True)
 
     def dies_halfway(obj, handle):
         handle.write(b"PK\x03\x04 half a checkpoint")
@@ -133,7 +134,7 @@ def test_death_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, tiny_
     with pytest.raises(Killed):
         trainer._save()
     monkeypatch.undo()
-    assert torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)["step"] == good["step"]
+    assert torch.load(tmp_path / "run" / RunDir.CHECKPOINT, weights_only=True)["step"] == good["step"]
     (tmp_path / "run" / "checkpoints" / ".last.pt.abc123.tmp").write_bytes(b"left by a SIGKILL")
     Trainer(tiny_cfg("dino", ["train.checkpoint_every_steps=1"], epochs=2), tmp_path / "run", resume=True)
     assert not list((tmp_path / "run" / "checkpoints").glob(".*.tmp"))

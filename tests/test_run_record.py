@@ -16,7 +16,8 @@ from rich.console import Console
 from sslkd.config import Config, from_dict, read_yaml
 from sslkd.engine import trainer as trainer_module
 from sslkd.core.checkpoint import current_umask
-from sslkd.engine.trainer import CHECKPOINT, Trainer
+from sslkd.core.rundir import RunDir
+from sslkd.engine.trainer import Trainer
 
 
 @pytest.fixture(autouse=True)
@@ -60,7 +61,7 @@ def test_floor_leaves_training_unchanged_and_summary_has_provenance_and_readable
     assert isinstance(provenance["git_revision"]["dirty"], bool)
     assert json.loads((run / "summary.json").read_text())["provenance"] == provenance
     expected = 0o666 & ~current_umask()
-    for path in (run / "summary.json", run / CHECKPOINT):
+    for path in (run / "summary.json", run / RunDir.CHECKPOINT):
         assert os.stat(path).st_mode & 0o777 == expected, path
     monkeypatch.setattr(Trainer, "_measure_floor", lambda self: None)
     without = Trainer(tiny_cfg("dino"), tmp_path / "b", console=Console(file=io.StringIO()))

@@ -46,6 +46,7 @@ from sslkd.engine.optim import (
     resolve_optim,
 )
 from sslkd.engine.performance import autocast, autocast_dtype, prepare_members
+from sslkd.core.rundir import RunDir
 from sslkd.core.schedules import cosine, warmup_cosine
 from sslkd.errors import UserError
 from sslkd.eval.classify import add_test_accuracy
@@ -54,7 +55,6 @@ from sslkd.registry import STRATEGIES
 from sslkd.report.provenance import run_provenance
 from sslkd.strategies.base import StepInfo, Strategy
 
-CHECKPOINT = Path("checkpoints") / "last.pt"
 PROGRESS_FIXED_WIDTH = 46  # method name, step/total, time left, bar and the gaps between them
 
 
@@ -118,6 +118,7 @@ class Trainer:
                  train_set: Dataset | None = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
+        self.files = RunDir(self.run_dir)
         self.console = console or Console(stderr=True)
         self.device = pick_device(cfg.train.device)
         seed_everything(cfg.train.seed + dist.rank())
@@ -167,7 +168,7 @@ class Trainer:
         self.skipped_steps = 0
         self.random_init: dict | None = None  # each member's k-NN at step 0 (the floor), measured once per run
         if resume:
-            self._restore(load_checkpoint(self.run_dir / CHECKPOINT, cfg.method))
+            self._restore(load_checkpoint(self.files.checkpoint, cfg.method))
         elif dist.is_main_process():
             self._create_run_dir()
         if dist.is_main_process():
@@ -176,8 +177,8 @@ class Trainer:
     def _create_run_dir(self) -> None:
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(self.cfg, self.run_dir / "config.yaml")
-            (self.run_dir / "metrics.jsonl").write_text("")
+            save_config(self.cfg, self.files.config)
+            self.files.metrics.write_text("")
         except OSError as exc:
             raise UserError(f"cannot create or write the output directory '{self.run_dir}' ({exc.strerror or exc}); "
                             "choose another --output-dir") from exc
@@ -278,7 +279,7 @@ class Trainer:
                           else f"{name} (a term of no single member)" for name in bad or ["loss"])
         raise UserError(
             f"loss is not finite at step {info.step} (epoch {info.epoch}) in {where}; the last good "
-            f"checkpoint {self.run_dir / CHECKPOINT} is kept: lower the learning rate, or set train.on_nonfinite=skip, "
+            f"checkpoint {self.files.checkpoint} is kept: lower the learning rate, or set train.on_nonfinite=skip, "
             f"then resume with sslkd train --resume {self.run_dir}"
         )
 
@@ -422,7 +423,7 @@ class Trainer:
 
     def _write_metrics(self, record: dict) -> None:
         if dist.is_main_process():
-            with self._writing(self.run_dir / "metrics.jsonl"), open(self.run_dir / "metrics.jsonl", "a") as handle:
+            with self._writing(self.files.metrics), open(self.files.metrics, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
 
     @contextmanager
@@ -434,7 +435,7 @@ class Trainer:
         except OSError as exc:
             raise UserError(
                 f"cannot write '{path}' ({exc.strerror or exc}); the last complete checkpoint "
-                f"{self.run_dir / CHECKPOINT} is intact: free space, then `sslkd train --resume {self.run_dir}`"
+                f"{self.files.checkpoint} is intact: free space, then `sslkd train --resume {self.run_dir}`"
             ) from exc
 
     def _advance_clock(self) -> None:
@@ -451,8 +452,8 @@ class Trainer:
         rngs = dist.all_gather_object(rng_state())
         if not dist.is_main_process():
             return
-        with self._writing(self.run_dir / CHECKPOINT):
-            save_checkpoint(self.run_dir / CHECKPOINT, {
+        with self._writing(self.files.checkpoint):
+            save_checkpoint(self.files.checkpoint, {
                 "method": self.cfg.method,
                 "config": to_dict(self.cfg),
                 "epoch": self.epoch,
@@ -482,12 +483,12 @@ class Trainer:
         self.epoch, self.step, self.wall_time = state["epoch"], state["step"], state["wall_time_s"]
         self.skipped_steps = state["skipped_steps"]
         self.random_init = state.get("random_init")
-        metrics = self.run_dir / "metrics.jsonl"
+        metrics = self.files.metrics
         if metrics.exists() and dist.is_main_process():
             kept = [line for line in metrics.read_text().splitlines() if _record_step(line) <= self.step]
             atomic_write(metrics, lambda handle: handle.write("".join(f"{line}\n" for line in kept).encode()))
         if dist.is_main_process():
-            remove_partial_writes(self.run_dir / CHECKPOINT)
+            remove_partial_writes(self.files.checkpoint)
 
     # ----------------------------------------------------------------------------------------------- end
     def _knn_record(self, results: dict | None = None) -> dict:
@@ -507,8 +508,8 @@ class Trainer:
         summary["skipped_steps"] = self.skipped_steps
         summary["skipped_images"] = self.skipped_images
         add_test_accuracy(summary, self.strategy, self.cfg, self.device)
-        with self._writing(self.run_dir / "summary.json"):
-            atomic_write(self.run_dir / "summary.json",
+        with self._writing(self.files.summary):
+            atomic_write(self.files.summary,
                          lambda handle: handle.write(json.dumps(summary, indent=2).encode()))
         from sslkd.report.plots import plot_run
 

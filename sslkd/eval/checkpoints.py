@@ -17,9 +17,8 @@ from pathlib import Path
 import torch
 
 from sslkd.core.checkpoint import atomic_write
+from sslkd.core.rundir import RunDir
 from sslkd.errors import UserError
-
-CHECKPOINT = Path("checkpoints") / "last.pt"
 
 
 def resolve_run(path: str | Path) -> tuple[Path, Path | None]:
@@ -28,11 +27,12 @@ def resolve_run(path: str | Path) -> tuple[Path, Path | None]:
     A run trained for 0 epochs (a random-initialisation floor) has a config.yaml and no checkpoint: None."""
     path = Path(path)
     if path.is_dir():
-        if (path / CHECKPOINT).is_file():
-            return path, path / CHECKPOINT
-        if (path / "config.yaml").is_file():
+        files = RunDir(path)
+        if files.checkpoint.is_file():
+            return path, files.checkpoint
+        if files.config.is_file():
             return path, None
-        raise UserError(f"'{path}' holds neither {CHECKPOINT} nor config.yaml; pass a run directory or a checkpoint")
+        raise UserError(f"'{path}' holds neither {RunDir.CHECKPOINT} nor config.yaml; pass a run directory or a checkpoint")
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     return run_dir, path
 
@@ -53,10 +53,10 @@ def load_strategy(path: str | Path, data_name: str | None = None, data_root: str
     run_dir, checkpoint = resolve_run(path)
     if checkpoint is not None:
         return strategy_from_checkpoint(checkpoint, data_name, data_root, encoder)
-    cfg = from_dict(Config, read_yaml(run_dir / "config.yaml"))
+    cfg = from_dict(Config, read_yaml(RunDir(run_dir).config))
     load_run_plugins(cfg.plugins)
     if cfg.train.epochs != 0:
-        raise UserError(f"'{run_dir}' has no {CHECKPOINT}: finish it with `sslkd train --resume {run_dir}` first")
+        raise UserError(f"'{run_dir}' has no {RunDir.CHECKPOINT}: finish it with `sslkd train --resume {run_dir}` first")
     if encoder is not None:
         cfg.eval.encoder = checked_encoder(encoder)
     seed_everything(cfg.train.seed)

@@ -11,6 +11,7 @@ from sslkd.config import Config, EvalConfig
 from sslkd.data import build_dataset
 from sslkd.data.transforms import EvalTransform
 from sslkd.core import distributed as dist
+from sslkd.core.rundir import RunDir
 from sslkd.errors import UserError
 from sslkd.eval.features import extract_features
 from sslkd.eval.knn import dogo_knn_mean, knn_topk_accuracy
@@ -89,14 +90,12 @@ def strategy_from_checkpoint(path, data_name: str | None = None, data_root: str 
 
     ``encoder`` (``auto``, ``teacher`` or ``student``) replaces the run's ``eval.encoder``: which encoder is
     evaluated."""
-    from pathlib import Path
-
     from sslkd.config import Config, from_dict
     from sslkd.core.checkpoint import load_checkpoint
     from sslkd.registry import STRATEGIES, load_run_plugins
 
-    if (Path(path) / "checkpoints" / "last.pt").is_file():
-        path = Path(path) / "checkpoints" / "last.pt"
+    if (checkpoint := RunDir(path).checkpoint).is_file():
+        path = checkpoint
     state = load_checkpoint(path)
     cfg = from_dict(Config, state["config"])
     load_run_plugins(cfg.plugins)

@@ -13,10 +13,10 @@ import json
 import math
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 import pandas as pd
 
+from sslkd.core.rundir import RunDir
 from sslkd.report.records import PAPER_NUMBERS_DIR, load_paper_numbers
 from sslkd.report.tables import NA, Stat, backbone_label, format_stat, register_table
 
@@ -54,7 +54,7 @@ EVAL_TABLES = (
 
 def _summary(run_dir: str) -> dict:
     try:
-        return json.loads((Path(run_dir) / "summary.json").read_text())
+        return RunDir(run_dir).read_summary()
     except (OSError, json.JSONDecodeError):
         return {}
 

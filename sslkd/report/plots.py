@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from sslkd.core.rundir import RunDir
 from sslkd.errors import UserError
 
 NOT_CURVES = {"step", "epoch", "images_per_s", "skipped_steps", "nonfinite_terms"}
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
+    path = RunDir(run_dir).metrics
     if not path.is_file():
         raise UserError(f"'{run_dir}' has no metrics.jsonl: pass a run directory written by sslkd train")
     records = []
@@ -99,8 +100,8 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
 
 
 def _title(run_dir: Path) -> str:
-    summary = run_dir / "summary.json"
-    if summary.is_file():
-        s = json.loads(summary.read_text())
+    files = RunDir(run_dir)
+    if files.summary.is_file():
+        s = files.read_summary()
         return f"{s['method']} on {s['dataset']}, {s['epochs']} epochs, seed {s['seed']} ({run_dir.name})"
     return str(run_dir)

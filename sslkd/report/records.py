@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from sslkd.core.rundir import RunDir
 from sslkd.errors import UserError
 from sslkd.report.provenance import describe
 
@@ -103,7 +104,7 @@ def summary_rows(path: Path) -> list[dict]:
 def _member_configs(run_dir: Path) -> dict:
     """The run's resolved member configs from its config.yaml (empty when absent)."""
     try:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        config = RunDir(run_dir).read_config()
     except (OSError, yaml.YAMLError):
         return {}
     members = config.get("members") if isinstance(config, dict) else None
@@ -185,7 +186,7 @@ def run_setting(run_dir: str | Path) -> dict[str, str]:
     from sslkd.config import Config, from_dict, to_dict
 
     try:
-        raw = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+        raw = RunDir(run_dir).read_config()
     except (OSError, yaml.YAMLError):
         raw = None
     if not isinstance(raw, dict):
@@ -260,7 +261,7 @@ def member_objectives(run_dir: str | Path) -> dict[str, str]:
     """Each member's SSL objective as the run's config.yaml records it (``strategy.objectives``, DoGo); empty when
     the config names none (every other method trains each member with the method itself)."""
     try:
-        config = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+        config = RunDir(run_dir).read_config()
     except (OSError, yaml.YAMLError):
         return {}
     strategy = config.get("strategy") if isinstance(config, dict) else None

@@ -16,6 +16,7 @@ from typing import Callable, Iterable
 import pandas as pd
 from rich.table import Table
 
+from sslkd.core.rundir import RunDir
 from sslkd.errors import UserError
 from sslkd.registry import Registry
 from sslkd.report.records import PAPER_NUMBERS_DIR, load_paper_numbers, load_runs, member_objectives
@@ -641,11 +642,9 @@ MCL_PAPER_SOURCE = "paper: CIFAR-100, 300 ep"
 def _with_test_top1(runs: pd.DataFrame) -> pd.DataFrame:
     """The runs of supervised strategies with each member's test top-1 (summary.json ``test_top1``) and the run's
     backbone cohort, read from the run directories."""
-    import json
-
     rows = []
     for row in runs[runs.method.isin([m for m, _ in MCL_METHODS])].itertuples(index=False):
-        summary = json.loads((Path(row.run_dir) / "summary.json").read_text())
+        summary = RunDir(row.run_dir).read_summary()
         top1 = summary["members"].get(row.member, {}).get("test_top1")
         rows.append({**row._asdict(), "test_top1": math.nan if top1 is None else float(top1)})
     frame = pd.DataFrame(rows, columns=[*runs.columns, "test_top1"])
@@ -753,9 +752,7 @@ def mcl_table2(runs: pd.DataFrame) -> pd.DataFrame:
 
 def _lmcl_terms(run_dir: str) -> tuple[str, ...]:
     """The MCL loss terms an lmcl run switched on (its config.yaml), in MCL Table 6's column order."""
-    import yaml
-
-    config = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+    config = RunDir(run_dir).read_config()
     terms = (config.get("strategy") or {}).get("terms") or ["vcl", "soft_vcl", "icl", "soft_icl"]
     return tuple(t for t in ("vcl", "soft_vcl", "icl", "soft_icl") if t in terms)
 
@@ -852,7 +849,7 @@ def sdssl_framework(method: str, run_dir: str) -> str | None:
     import yaml
 
     try:
-        config = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
+        config = RunDir(run_dir).read_config() or {}
     except (OSError, yaml.YAMLError) as exc:
         raise UserError(f"{run_dir} has no readable config.yaml ({exc}): pass run directories written by sslkd "
                         "train") from exc
