@@ -251,7 +251,8 @@ def test_zoo_configs_train_the_cnn_thead_with_the_vits_optimiser():
         assert resolve_optim(cnn.optimizer, "cnn").name == "sgd" and resolve_optim(vit.optimizer, "vit").name == "adamw"
         options = strategy_options(cfg, MOKDOptions)
         assert options.norm_last_layer_per_member.get("vit", options.norm_last_layer) is False, path
-        if "proxy_v2" not in path:  # v2 trains every head's gain (proxy_v2_dino.yaml); the code: the CNN's is fixed
+        if not any(v in path for v in ("proxy_v2", "proxy_v3")):  # v2/v3 train every head's gain
+            # (proxy_v2_dino.yaml); the code: the CNN's is fixed
             assert options.norm_last_layer and options.norm_last_layer_per_member == {"vit": False}, path
 
 
