@@ -624,7 +624,7 @@ def write_tables(plan: Plan, log) -> None:
 
     table = plan.table
     run_dirs = sorted(p.parent for p in plan.out.rglob("summary.json"))
-    ours = [plan.out / _stem(c) for c in plan.configs() if (plan.out / _stem(c)).is_dir()]
+    ours = [plan.out / _stem(c) for c in plan.configs() if any((plan.out / _stem(c)).glob("*/summary.json"))]
     floors = plan.out / "random_init"
     stem = plan.results / f"{table.name}{plan.suffix}"
     outputs = {f"{stem}.md": (ours, table.compare, "md"), f"{stem}.csv": (ours, table.compare, "csv"),
