@@ -164,7 +164,8 @@ def proxy_baselines(version: str) -> tuple[str, ...]:
 
 def mokd_configs(version: str) -> tuple[str, str, str]:
     """DINO alone on the CNN and on the ViT, then the MOKD pair, under CPU proxy ``version``."""
-    return (*proxy_baselines(version)[::5], f"{Z}/mokd/proxy_{version}_cifar10_subset_resnet20_vit_p4_d4.yaml")
+    dino_cnn, dino_vit = proxy_baselines(version)[0], proxy_baselines(version)[-1]
+    return (dino_cnn, dino_vit, f"{Z}/mokd/proxy_{version}_cifar10_subset_resnet20_vit_p4_d4.yaml")
 
 
 def mcl_ssl_config(version: str) -> str:
