@@ -58,6 +58,7 @@ class Registry(Generic[T]):
 
 
 STRATEGIES: Registry = Registry("strategy", " If it comes from a plugin, import it first: sslkd --plugin MODULE ...")
+OBJECTIVES: Registry = Registry("objective")
 BACKBONES: Registry = Registry("backbone")
 HEADS: Registry = Registry("head")
 DATASETS: Registry = Registry("data set")

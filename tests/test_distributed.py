@@ -1,9 +1,10 @@
 """Two processes (gloo, CPU) with half the batch each train exactly what one process with the whole batch trains.
 
-One ``torchrun --nproc-per-node 2`` of this file (``__main__`` below) trains every method in METHODS for a few
-steps at batch 8 per process; the tests train the same configs in one process at batch 16 and compare the logged
-losses (averaged over processes) and every weight and buffer of the checkpoints (students, EMA teachers, centers,
-queues, banks), within float tolerance. Adding a method is one entry in METHODS.
+One ``torchrun --nproc-per-node 2`` of this file (``__main__`` below) trains every method in METHODS (and each
+combination of zoo_configs/combos/) for a few steps at batch 8 per process; the tests train the same configs in one
+process at batch 16 and compare the logged losses (averaged over processes) and every weight and buffer of the
+checkpoints (students, EMA teachers, centers, queues, banks), within float tolerance. Adding a method is one entry
+in METHODS.
 
 The tolerance: sums taken in another order (convolutions on 8 vs 16 images, batch statistics all-reduced) differ
 by ~1e-6, which two steps of Adam and batch norm on 4-channel nets amplify to at most ~4e-4 here (relative, losses;
@@ -45,7 +46,10 @@ METHODS = {
             "members.large.optimizer.lr=0.02"],
     "sdssl": [*TINY_VIT_ONLY, "strategy.proj_hidden_dim=16", "strategy.layer_proj_hidden_dim=16",
               "strategy.pred_hidden_dim=16", "strategy.out_dim=8"],
+    "combos/dogo_byol_peers": [*TWO_CNNS, "strategy.byol={proj_hidden_dim: 16, pred_hidden_dim: 16, out_dim: 8}"],
+    "combos/dogo_mocov3_peers": [*TWO_CNNS, "strategy.mocov3={proj_hidden_dim: 16, pred_hidden_dim: 16, out_dim: 8}"],
 }
+ZOO = Path(__file__).resolve().parents[1] / "zoo_configs"
 
 
 def overrides(method: str, batch_size: int) -> list[str]:
@@ -57,7 +61,9 @@ def train(method: str, batch_size: int, run_dir: Path) -> None:
     from sslkd.config import load_config
     from sslkd.engine.trainer import Trainer
 
-    Trainer(load_config(method, None, overrides(method, batch_size)), run_dir).fit(stop_at_epoch=1)
+    config = ZOO / f"{method}.yaml" if method.startswith("combos/") else None
+    Trainer(load_config(None if config else method, config and str(config), overrides(method, batch_size)),
+            run_dir).fit(stop_at_epoch=1)
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,9 @@ from sslkd.registry import STRATEGIES
 from sslkd.report import compare_table, load_paper_numbers, load_runs
 from sslkd.report.tables import dogo_table1
 from sslkd.strategies.dogo import DoGoOptions
-from sslkd.strategies.simclr import PairOutputs, SimCLR
-from sslkd.strategies.simsiam import SimSiam
+from sslkd.strategies.objectives import PairOutputs
+from sslkd.strategies.simclr import SimCLRObjective
+from sslkd.strategies.simsiam import SimSiamObjective
 from two_view_equations import assert_same_gradients, kl_eq2, nt_xent_eq1, similarity_distribution, simsiam_eq6
 
 ZOO = Path(__file__).resolve().parents[1] / "zoo_configs"
@@ -109,8 +110,8 @@ def test_losses_are_the_paper_terms():
     losses = strategy(v, None, None, None)
     small, large = strategy.members["small"], strategy.members["large"]
     with torch.no_grad():
-        outputs = {name: SimCLR.embed(m.student, v[0], v[1]) for name, m in (("small", small), ("large", large))}
-        ssl = SimCLR.loss(outputs["small"], strategy.options.simclr)
+        outputs = {name: SimCLRObjective(strategy.options.simclr).embed(m.student, None, v[0], v[1]) for name, m in (("small", small), ("large", large))}
+        ssl = SimCLRObjective(strategy.options.simclr).loss(outputs["small"])
         own = similarity_logits(*outputs["small"].z, 0.1)
         kd = dogo_kd_loss(own, [similarity_logits(*outputs["large"].z, 0.1)], "sum", "all")
     assert losses["small/ssl"].item() == pytest.approx(ssl.item(), rel=1e-5)
@@ -149,7 +150,7 @@ def test_three_peers_sum_and_ensemble_in_the_strategy():
         strategy = build([f"strategy.multi_peer={mode}"], third=True)
         losses = strategy(v, None, None, None)
         with torch.no_grad():
-            logits = {n: similarity_logits(*SimCLR.embed(m.student, v[0], v[1]).z, 0.1)
+            logits = {n: similarity_logits(*SimCLRObjective(strategy.options.simclr).embed(m.student, None, v[0], v[1]).z, 0.1)
                       for n, m in strategy.members.items()}
         expected = dogo_kd_loss(logits["large"], [logits["small"], logits["third"]], mode)
         assert losses["large/kd"].item() == pytest.approx(expected.item(), rel=1e-5)
@@ -165,10 +166,10 @@ def test_simsiam_peer_beside_contrastive_peer():
     v = views()
     losses = strategy(v, None, None, None)
     with torch.no_grad():
-        siam = SimSiam.embed(strategy.members["large"].student, v[0], v[1])
-        clr = SimCLR.embed(strategy.members["small"].student, v[0], v[1])
+        siam = SimSiamObjective(strategy.options.simsiam).embed(strategy.members["large"].student, None, v[0], v[1])
+        clr = SimCLRObjective(strategy.options.simclr).embed(strategy.members["small"].student, None, v[0], v[1])
         siam_logits, clr_logits = similarity_logits(*siam.p, 0.1), similarity_logits(*clr.z, 0.1)
-    assert losses["large/ssl"].item() == pytest.approx(SimSiam.loss(siam, strategy.options.simsiam).item(), rel=1e-5)
+    assert losses["large/ssl"].item() == pytest.approx(SimSiamObjective(strategy.options.simsiam).loss(siam).item(), rel=1e-5)
     assert losses["large/kd"].item() == pytest.approx(dogo_kd_loss(siam_logits, [clr_logits]).item(), rel=1e-5)
     assert losses["small/kd"].item() == pytest.approx(dogo_kd_loss(clr_logits, [siam_logits]).item(), rel=1e-5)
 
@@ -179,8 +180,8 @@ def test_two_simsiam_peers_target_predictions_or_projections(target):
     v = views()
     losses = strategy(v, None, None, None)
     with torch.no_grad():
-        small = SimSiam.embed(strategy.members["small"].student, v[0], v[1])
-        large = SimSiam.embed(strategy.members["large"].student, v[0], v[1])
+        small = SimSiamObjective(strategy.options.simsiam).embed(strategy.members["small"].student, None, v[0], v[1])
+        large = SimSiamObjective(strategy.options.simsiam).embed(strategy.members["large"].student, None, v[0], v[1])
     peer = large.z if target == "code" else large.p
     expected = dogo_kd_loss(similarity_logits(*small.p, 0.1), [similarity_logits(*peer, 0.1)])
     assert losses["small/kd"].item() == pytest.approx(expected.item(), rel=1e-5)

@@ -14,7 +14,7 @@ from sslkd.config import load_config
 from sslkd.data import DatasetInfo
 from sslkd.registry import STRATEGIES
 from sslkd.strategies.base import StepInfo
-from sslkd.strategies.byol import MomentumOutputs
+from sslkd.strategies.objectives import PairOutputs
 from sslkd.strategies.sdssl import LayerOutputs, SDSSLOutputs
 
 INFO = DatasetInfo("fake", 10, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), tuple(str(i) for i in range(10)))
@@ -171,14 +171,14 @@ def test_byol_mocov3_terms_and_gradients_match_the_equations(method):
     step_terms["loss"].backward()
     assert set(step_terms) == {"vit/loss", "loss"}
     raw = strategy.network_outputs(views)["vit"]
-    outputs = MomentumOutputs([leaf(q) for q in raw.q], [leaf(z) for z in raw.z])
+    outputs = PairOutputs(z=raw.z, p=tuple(leaf(q) for q in raw.p), k=tuple(leaf(k) for k in raw.k))
     got = strategy.losses({"vit": outputs}, None, None, STEP)
-    q, z = [leaf(t) for t in raw.q], [leaf(t) for t in raw.z]
+    q, z = [leaf(t) for t in raw.p], [leaf(t) for t in raw.k]
     loss = regression if method == "byol" else ctr
     expected = loss(q[0], z[1]) + loss(q[1], z[0])  # SDSSL Eq. (1) / (2), symmetrised
     torch.testing.assert_close(got["vit/loss"], expected, **TOL)
     torch.testing.assert_close(got["loss"], expected, **TOL)
     torch.testing.assert_close(step_terms["loss"].detach(), expected.detach(), rtol=1e-9, atol=1e-12)
-    for g, e in zip(gradients(got["loss"], outputs.q), gradients(expected, q)):
+    for g, e in zip(gradients(got["loss"], outputs.p), gradients(expected, q)):
         torch.testing.assert_close(g, e, **TOL)
-    assert all(g.abs().max() == 0 for g in gradients(got["loss"], outputs.z))
+    assert all(g.abs().max() == 0 for g in gradients(got["loss"], outputs.k))

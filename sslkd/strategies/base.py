@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Sequence
 
 import torch
 from torch import nn
@@ -46,15 +46,34 @@ class Member(nn.Module):
     """One model of a cohort: the student (``backbone`` + named heads) and, optionally, its EMA teacher.
 
     ``build(drop_path_rate)`` makes a fresh student; the teacher is built the same way without stochastic depth
-    (as DINO builds its teacher) and starts from the student's weights.
+    (as DINO builds its teacher) and starts from the student's weights. ``ema_teacher``: False (none), True (a
+    teacher of the whole student) or the names of the student modules the teacher holds (its EMA pairs; BYOL's
+    teacher has the backbone and projector, not the predictor).
     """
 
-    def __init__(self, name: str, cfg: MemberConfig, build: Callable[[float], nn.ModuleDict], ema_teacher: bool):
+    def __init__(self, name: str, cfg: MemberConfig, build: Callable[[float], nn.ModuleDict],
+                 ema_teacher: bool | Sequence[str]):
         super().__init__()
         self.name = name
         self.cfg = cfg
         self.student = build(cfg.drop_path_rate)
-        self.teacher = EMATeacher(self.student, build(0.0)) if ema_teacher else None
+        self.teacher_modules = list(self.student) if ema_teacher is True else list(ema_teacher or [])
+        self.teacher = None
+        if ema_teacher is True:
+            self.teacher = EMATeacher(self.student, build(0.0))
+        elif ema_teacher:
+            copy = build(0.0)
+            self.teacher = EMATeacher(self.teacher_source(), nn.ModuleDict({k: copy[k] for k in self.teacher_modules}))
+
+    def teacher_source(self) -> nn.Module:
+        """The student modules the EMA teacher follows, in the teacher's order."""
+        if self.teacher_modules == list(self.student):
+            return self.student
+        return nn.ModuleDict({k: self.student[k] for k in self.teacher_modules})
+
+    @torch.no_grad()
+    def update_teacher(self, momentum: float) -> None:
+        self.teacher.update(self.teacher_source(), momentum)
 
     @property
     def backbone(self) -> nn.Module:
@@ -97,14 +116,20 @@ class Strategy(nn.Module):
         self.members = nn.ModuleDict()
         self._deferred: list[Callable[[], None]] = []
 
-    def add_members(self, heads: Callable[[str, nn.Module, float], dict[str, nn.Module]], ema_teacher: bool) -> None:
-        """One member per ``members:`` entry: its backbone plus ``heads(name, backbone, drop_path_rate)``."""
+    def add_members(self, heads: Callable[[str, nn.Module, float], dict[str, nn.Module]],
+                    ema_teacher: bool | Sequence[str]) -> None:
+        """One member per ``members:`` entry: its backbone plus ``heads(name, backbone, drop_path_rate)``, and its
+        EMA teacher (see ``Member``)."""
         for name, member_cfg in self.cfg.members.items():
-            def build(drop_path_rate: float, name=name, member_cfg=member_cfg) -> nn.ModuleDict:
-                backbone = build_member_backbone(member_cfg, drop_path_rate)
-                return nn.ModuleDict({"backbone": backbone, **heads(name, backbone, drop_path_rate)})
+            self.add_member(name, member_cfg, heads, ema_teacher)
 
-            self.members[name] = Member(name, member_cfg, build, ema_teacher)
+    def add_member(self, name: str, member_cfg: MemberConfig, heads: Callable[[str, nn.Module, float], dict[str, nn.Module]],
+                   ema_teacher: bool | Sequence[str]) -> None:
+        def build(drop_path_rate: float) -> nn.ModuleDict:
+            backbone = build_member_backbone(member_cfg, drop_path_rate)
+            return nn.ModuleDict({"backbone": backbone, **heads(name, backbone, drop_path_rate)})
+
+        self.members[name] = Member(name, member_cfg, build, ema_teacher)
 
     def require_members(self, minimum: int) -> None:
         if len(self.cfg.members) < minimum:
@@ -192,12 +217,16 @@ class Strategy(nn.Module):
         momentum = ema_momentum(step.step, step.total_steps, base_momentum)
         for member in self.members.values():
             if member.teacher is not None:
-                member.teacher.update(member.student, momentum)
+                member.update_teacher(momentum)
+
+    def member_eval_encoder(self, member: str) -> str:
+        """What ``eval.encoder: auto`` evaluates for ``member``: the method's authors' choice (``eval_encoder``)."""
+        return self.eval_encoder
 
     def evaluated_encoder(self, member: str) -> str:
         """``teacher`` or ``student``: the encoder of ``member`` that evaluation uses (``eval.encoder``, ``auto``
-        resolved by ``eval_encoder``); a member without an EMA teacher always has its student evaluated."""
-        choice = self.eval_encoder if self.cfg.eval.encoder == "auto" else self.cfg.eval.encoder
+        resolved by ``member_eval_encoder``); a member without an EMA teacher always has its student evaluated."""
+        choice = self.member_eval_encoder(member) if self.cfg.eval.encoder == "auto" else self.cfg.eval.encoder
         return choice if self.members[member].teacher is not None else "student"
 
     def eval_backbones(self) -> dict[str, nn.Module]:

@@ -20,8 +20,9 @@ concatenated, batch-norm statistics over 2N).
 
 Evaluation: the online (student) encoder by default (``eval.encoder: auto``), as BYOL's protocol does.
 
-``MomentumSSL`` is the skeleton shared with ``mocov3`` (and reused by ``sdssl``): the class's ``pair_loss`` is the
-objective; ``momentum_members`` builds members whose EMA teacher holds only the heads the teacher needs.
+The objective is ``BYOLObjective`` (registered in ``OBJECTIVES``; ``MomentumObjective`` is the part it shares with
+MoCo v3: heads, EMA pairs, views, passes); ``byol`` is the independent coupling over it, and a DoGo peer with
+``objectives: byol`` computes exactly what this baseline does.
 """
 
 from __future__ import annotations
@@ -34,11 +35,11 @@ from torch import nn
 from torchvision.transforms import v2
 
 from sslkd.data.transforms import SimCLRTransform
-from sslkd.core.schedules import ema_momentum
+from sslkd.errors import UserError
 from sslkd.losses.sdssl import byol_loss
-from sslkd.models.teacher import EMATeacher
-from sslkd.registry import STRATEGIES
-from sslkd.strategies.base import Member, Strategy, build_member_backbone
+from sslkd.registry import OBJECTIVES, STRATEGIES
+from sslkd.strategies.base import Strategy
+from sslkd.strategies.objectives import Independent, Objective, PairOutputs
 
 
 @dataclass
@@ -67,118 +68,80 @@ class MLPHead(nn.Sequential):
         super().__init__(*layers)
 
 
-def byol_views(strategy: Strategy) -> SimCLRTransform:
-    """BYOL's two asymmetric views (also MoCo v3's and SDSSL's) at the training crop size; ``data.augment.blur``
-    false drops the blur (the CIFAR recipes of solo-learn and lightly), keeping the asymmetric solarisation."""
+def byol_views(strategy: Strategy, n_views: int = 2) -> SimCLRTransform:
+    """BYOL's two asymmetric views (also MoCo v3's and SDSSL's) at the training crop size, repeated as pairs for
+    ``n_views`` > 2 (DoGo's per-peer views); ``data.augment.blur`` false drops the blur (the CIFAR recipes of
+    solo-learn and lightly), keeping the asymmetric solarisation."""
+    if n_views % 2:
+        raise UserError(f"BYOL's views come in asymmetric pairs; {n_views} views were asked for")
     size, _ = strategy.crop_sizes()
-    blur_p = (1.0, 0.1) if strategy.cfg.data.augment.blur else 0.0
+    blur_p = (1.0, 0.1) * (n_views // 2) if strategy.cfg.data.augment.blur else 0.0
     return SimCLRTransform(size, scale=(0.08, 1.0), jitter=(0.4, 0.4, 0.2, 0.1), jitter_p=0.8, gray_p=0.2,
-                           blur_p=blur_p, solarize_p=(0.0, 0.2), mean=strategy.info.mean, std=strategy.info.std,
-                           interpolation=v2.InterpolationMode.BICUBIC)
+                           blur_p=blur_p, solarize_p=(0.0, 0.2) * (n_views // 2), mean=strategy.info.mean,
+                           std=strategy.info.std, n_views=n_views, interpolation=v2.InterpolationMode.BICUBIC)
 
 
-def momentum_members(strategy: Strategy, heads: Callable[[nn.Module], dict[str, nn.Module]],
-                     teacher_keys: list[str] | None) -> dict[str, nn.ModuleDict]:
-    """One member per ``members:`` entry (backbone + ``heads(backbone)``) and, when ``teacher_keys`` is given, an
-    EMA teacher holding only those modules (e.g. backbone + final projector: BYOL's and MoCo v3's teacher has no
-    predictor, SDSSL's no intermediate heads). The teacher is built without stochastic depth, from the student's
-    weights. Returns, per member, the student modules the teacher follows (for ``MomentumSSL.update_teachers``)."""
-    sources = {}
-    for name, member_cfg in strategy.cfg.members.items():
-        def build(drop_path_rate: float, member_cfg=member_cfg) -> nn.ModuleDict:
-            backbone = build_member_backbone(member_cfg, drop_path_rate)
-            return nn.ModuleDict({"backbone": backbone, **heads(backbone)})
-
-        member = Member(name, member_cfg, build, ema_teacher=False)
-        if teacher_keys is not None:
-            copy = build(0.0)
-            sources[name] = nn.ModuleDict({k: member.student[k] for k in teacher_keys})
-            member.teacher = EMATeacher(sources[name], nn.ModuleDict({k: copy[k] for k in teacher_keys}))
-        strategy.members[name] = member
-    return sources
-
-
-@dataclass
-class MomentumOutputs:
-    """One member's head outputs on the two views: student predictions q and teacher projections z."""
-
-    q: list[torch.Tensor]
-    z: list[torch.Tensor]
-
-
-def view_passes(network: Callable[[torch.Tensor], torch.Tensor], views: list[torch.Tensor],
-                concat: bool) -> list[torch.Tensor]:
+def view_passes(network: Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, ...]], views: list[torch.Tensor],
+                concat: bool) -> list:
     """``network`` on each view: one pass per view (batch-norm statistics over each view's N rows, MoCo v3's and
     BYOL's code), or, with ``concat``, one pass over the views concatenated, split back per view (statistics over
-    all 2N rows, the SDSSL code's SimCLR)."""
+    all 2N rows, the SDSSL code's SimCLR). A network returning a tuple gives a tuple per view."""
     if not concat:
         return [network(view) for view in views]
-    return list(network(torch.cat(views)).split([view.shape[0] for view in views]))
+    sizes = [view.shape[0] for view in views]
+    out = network(torch.cat(views))
+    if isinstance(out, tuple):
+        return list(zip(*(part.split(sizes) for part in out)))
+    return list(out.split(sizes))
 
 
-class MomentumSSL(Strategy):
-    """Two views, a student with projector + predictor, an EMA teacher with projector; ``pair_loss(q, z, opts)``
-    is the objective of one direction, symmetrised over the two views."""
+class MomentumObjective(Objective):
+    """Two views, a student with projector + predictor, an EMA teacher of backbone + projector; ``pair_loss(q, k)``
+    is the objective of one direction, symmetrised over the two views (SDSSL Eq. 1-2)."""
 
-    def __init__(self, cfg, info):
-        super().__init__(cfg, info)
-        self._teacher_sources = self.build_members()
+    teacher_modules = ("backbone", "projector")
 
-    def build_members(self) -> dict[str, nn.ModuleDict]:
-        """The members and their teachers; returns what ``momentum_members`` returns."""
-        return momentum_members(self, lambda backbone: self.heads(backbone.num_features, self.options),
-                                teacher_keys=["backbone", "projector"])
-
-    @staticmethod
-    def heads(in_dim: int, opts) -> dict[str, nn.Module]:
+    def heads(self, in_dim: int) -> dict[str, nn.Module]:
+        opts = self.options
         return {
             "projector": MLPHead(3, in_dim, opts.out_dim, opts.proj_hidden_dim, opts.last_bn),
             "predictor": MLPHead(2, opts.out_dim, opts.out_dim, opts.pred_hidden_dim, opts.last_bn),
         }
 
-    @staticmethod
-    def pair_loss(q: torch.Tensor, z: torch.Tensor, opts) -> torch.Tensor:
+    def views(self, strategy, n_views: int) -> SimCLRTransform:
+        return byol_views(strategy, n_views)
+
+    def embed(self, student, teacher, view_a, view_b) -> PairOutputs:
+        """The student's projections z and predictions p, and the teacher's projections k (no gradient)."""
+        def online(x):
+            z = student["projector"](student["backbone"](x))
+            return z, student["predictor"](z)
+
+        concat = self.options.concat_views
+        z, p = zip(*view_passes(online, [view_a, view_b], concat))
+        with torch.no_grad():
+            k = view_passes(lambda x: teacher["projector"](teacher["backbone"](x)), [view_a, view_b], concat)
+        return PairOutputs(z=tuple(z), p=tuple(p), k=tuple(k))
+
+    def pair_loss(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def train_transform(self) -> SimCLRTransform:
-        return byol_views(self)
+    def loss(self, outputs: PairOutputs) -> torch.Tensor:
+        """L_ssl(p1, k2) + L_ssl(p2, k1) (SDSSL Eq. 1 or 2, both directions)."""
+        return self.pair_loss(outputs.p[0], outputs.k[1]) + self.pair_loss(outputs.p[1], outputs.k[0])
 
-    def network_outputs(self, views) -> dict[str, MomentumOutputs]:
-        """Per member: the student's predictions q and the teacher's projections z (no gradient) of both views."""
-        outputs = {}
-        for name, member in self.members.items():
-            student, teacher = member.student, member.teacher.module
-            q = view_passes(lambda x: student["predictor"](student["projector"](student["backbone"](x))),
-                            views[:2], self.options.concat_views)
-            with torch.no_grad():
-                z = view_passes(lambda x: teacher["projector"](teacher["backbone"](x)), views[:2],
-                                self.options.concat_views)
-            outputs[name] = MomentumOutputs(q, z)
-        return outputs
 
-    def losses(self, outputs: dict[str, MomentumOutputs], labels, indices, step) -> dict[str, torch.Tensor]:
-        """``<member>/loss``: L_ssl(q1, z2) + L_ssl(q2, z1) (SDSSL Eq. 1 or 2, both directions); ``loss``: the sum."""
-        losses = {f"{name}/loss": self.pair_loss(out.q[0], out.z[1], self.options)
-                  + self.pair_loss(out.q[1], out.z[0], self.options) for name, out in outputs.items()}
-        losses["loss"] = sum(losses.values())
-        return losses
+@OBJECTIVES.register("byol")
+class BYOLObjective(MomentumObjective):
+    name = "byol"
+    Options = BYOLOptions
 
-    def after_step(self, step):
-        self.update_teachers(step, self.options.momentum_teacher)
-
-    @torch.no_grad()
-    def update_teachers(self, step, base_momentum: float) -> None:
-        momentum = ema_momentum(step.step, step.total_steps, base_momentum)
-        for name, source in self._teacher_sources.items():
-            self.members[name].teacher.update(source, momentum)
+    def pair_loss(self, q, k):
+        return byol_loss(q, k)
 
 
 @STRATEGIES.register("byol")
-class BYOL(MomentumSSL):
+class BYOL(Independent):
     name = "byol"
     Options = BYOLOptions
-    eval_encoder = "student"
-
-    @staticmethod
-    def pair_loss(q, z, opts):
-        return byol_loss(q, z)
+    Objective = BYOLObjective

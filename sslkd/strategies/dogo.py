@@ -1,19 +1,24 @@
 """DoGo: Distill on the Go (Bhat et al., CVPRW 2021), online distillation between M >= 2 self-supervised peers.
 
 Peer i has its own backbone and heads and its own SSL objective (``objectives``: simclr, DoGo Eq. 1, or simsiam,
-Eq. 6; DoGo Table 4 mixes them), computed by the very functions of the ``simclr``/``simsiam`` baselines. Its loss:
+Eq. 6; DoGo Table 4 mixes them; beyond the paper, byol or mocov3, whose EMA teachers follow their peer alone),
+computed by the very objective of the ``simclr``/``simsiam``/``byol``/``mocov3`` baselines (``OBJECTIVES``). Its loss:
 
     L_i = L_ssl_i + lambda_i L_kd_i                                                            (Eq. 4-5)
     L_kd_i = D_KL(P_peer || P_i),  P = row softmax of sim(Z', Z'') / tau_kd (B x B, cosine)     (Eq. 2-3)
 
-P_i is built from the peer's projections (SimCLR) or predictions (SimSiam, Sec. 4.7); the peer's distribution is a
+P_i is built from the peer's projections (SimCLR) or predictions (SimSiam, Sec. 4.7; BYOL and MoCo v3 likewise); the peer's distribution is a
 target, detached, so gradients never cross peers and one backward of sum_i L_i equals the code's one per peer.
 lambda_i is ``members.<name>.distill_weight`` (paper: 100, Sec. 4.1 and 5).
 
 Options (``strategy:``), defaults from the paper; the paper-reproduction configs set the authors' code choices:
-- ``objectives: {member: simclr | simsiam}``: each peer's SSL objective (default simclr for every peer).
-- ``simclr: {temperature, hidden_dim, out_dim}``, ``simsiam: {hidden_dim, out_dim, pred_hidden_dim}``: the
-  objectives' options, exactly as the baselines take them.
+- ``objectives: {member: simclr | simsiam | byol | mocov3}``: each peer's SSL objective (default simclr for every
+  peer).
+- ``simclr: {temperature, hidden_dim, out_dim}``, ``simsiam: {hidden_dim, out_dim, pred_hidden_dim}``, ``byol`` and
+  ``mocov3`` (their baselines' options): the objectives' options, exactly as the baselines take them.
+- ``augmentation``: the objective whose view recipe every peer's views follow (one augmentation module, Fig. 2):
+  simclr (DoGo's 32-px SimCLR recipe, default) or byol (BYOL's asymmetric pair, what BYOL and MoCo v3 peers see
+  alone).
 - ``kd_temperature``: tau_kd (0.1, Sec. 5).
 - ``views: shared | per_peer``: shared: every peer sees the same two views (one augmentation module, Fig. 2);
   per_peer: the code draws each peer its own pair (the transform makes 2M views, peer i takes views 2i, 2i+1;
@@ -35,28 +40,34 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from torch import nn
 
 from sslkd.errors import UserError
 from sslkd.losses.contrastive import dogo_kd_loss, similarity_logits
-from sslkd.registry import STRATEGIES
+from sslkd.registry import OBJECTIVES, STRATEGIES
 from sslkd.strategies.base import Strategy
-from sslkd.strategies.simclr import PairOutputs, SimCLR, SimCLROptions, two_view_transform
-from sslkd.strategies.simsiam import SimSiam, SimSiamOptions
-
-OBJECTIVES = {"simclr": SimCLR, "simsiam": SimSiam}
+from sslkd.strategies.byol import BYOLOptions
+from sslkd.strategies.mocov3 import MoCoV3Options
+from sslkd.strategies.objectives import Objective, PairOutputs, teacher_module, update_teacher
+from sslkd.strategies.simclr import SimCLROptions
+from sslkd.strategies.simsiam import SimSiamOptions
 
 
 @dataclass
 class DoGoOptions:
-    objectives: dict[str, Literal["simclr", "simsiam"]] = field(default_factory=dict)
+    objectives: dict[str, str] = field(default_factory=dict)
     simclr: SimCLROptions = field(default_factory=SimCLROptions)
     simsiam: SimSiamOptions = field(default_factory=SimSiamOptions)
+    byol: BYOLOptions = field(default_factory=BYOLOptions)
+    mocov3: MoCoV3Options = field(default_factory=MoCoV3Options)
+    augmentation: Literal["simclr", "byol"] = "simclr"
     kd_temperature: float = 0.1
     views: Literal["shared", "per_peer"] = "shared"
     kd_reduction: Literal["row", "all"] = "row"
     multi_peer: Literal["sum", "ensemble"] = "sum"
     simsiam_target: Literal["paper", "code"] = "paper"
+
+
+PEER_OBJECTIVES = ("simclr", "simsiam", "byol", "mocov3")  # the objectives with options under ``strategy:``
 
 
 @STRATEGIES.register("dogo")
@@ -75,15 +86,24 @@ class DoGo(Strategy):
             )
         # every peer's objective, written back so the saved config.yaml names them all
         opts.objectives = {name: opts.objectives.get(name, "simclr") for name in cfg.members}
+        for name, objective in opts.objectives.items():
+            if objective not in PEER_OBJECTIVES:
+                raise UserError(f"strategy.objectives.{name}={objective!r} is not a DoGo peer objective; "
+                                f"choose from {', '.join(PEER_OBJECTIVES)}")
+        self.objectives: dict[str, Objective] = {
+            name: OBJECTIVES.get(objective)(getattr(opts, objective)) for name, objective in opts.objectives.items()
+        }
+        for name, objective in self.objectives.items():
+            self.add_member(name, cfg.members[name],
+                            lambda _, backbone, rate, objective=objective: objective.heads(backbone.num_features),
+                            ema_teacher=objective.teacher_modules)
 
-        def heads(name: str, backbone: nn.Module, drop_path_rate: float) -> dict[str, nn.Module]:
-            objective = opts.objectives[name]
-            return OBJECTIVES[objective].heads(backbone.num_features, getattr(opts, objective))
-
-        self.add_members(heads, ema_teacher=False)
+    def member_eval_encoder(self, member: str) -> str:
+        return self.objectives[member].eval_encoder
 
     def train_transform(self):
-        return two_view_transform(self, 2 * len(self.members) if self.options.views == "per_peer" else 2)
+        n_views = 2 * len(self.members) if self.options.views == "per_peer" else 2
+        return OBJECTIVES.get(self.options.augmentation)(getattr(self.options, self.options.augmentation)).views(self, n_views)
 
     def peer_views(self, views: list[torch.Tensor], index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The two views of the ``index``-th peer: views 0, 1 when shared, 2i and 2i+1 when drawn per peer."""
@@ -93,7 +113,7 @@ class DoGo(Strategy):
     def network_outputs(self, views) -> dict[str, PairOutputs]:
         """Every peer's projections (and a SimSiam peer's predictions) on its own two views, keyed by peer name."""
         return {
-            name: OBJECTIVES[self.options.objectives[name]].embed(member.student, *self.peer_views(views, i))
+            name: self.objectives[name].embed(member.student, teacher_module(member), *self.peer_views(views, i))
             for i, (name, member) in enumerate(self.members.items())
         }
 
@@ -112,8 +132,7 @@ class DoGo(Strategy):
         opts = self.options
         losses: dict[str, torch.Tensor] = {}
         for name, member in self.members.items():
-            objective = OBJECTIVES[opts.objectives[name]]
-            ssl = objective.loss(outputs[name], getattr(opts, opts.objectives[name]))
+            ssl = self.objectives[name].loss(outputs[name])
             logits = similarity_logits(*outputs[name].own, opts.kd_temperature)
             with torch.no_grad():
                 targets = [
@@ -124,3 +143,7 @@ class DoGo(Strategy):
             losses.update({f"{name}/ssl": ssl, f"{name}/kd": kd, f"{name}/loss": ssl + member.cfg.distill_weight * kd})
         losses["loss"] = sum(losses[f"{name}/loss"] for name in self.members)
         return losses
+
+    def after_step(self, step):
+        for name, objective in self.objectives.items():
+            update_teacher(self, name, objective, step)

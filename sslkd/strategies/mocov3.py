@@ -25,8 +25,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sslkd.losses.sdssl import info_nce
-from sslkd.registry import STRATEGIES
-from sslkd.strategies.byol import MomentumSSL
+from sslkd.registry import OBJECTIVES, STRATEGIES
+from sslkd.strategies.byol import MomentumObjective
+from sslkd.strategies.objectives import Independent
 
 
 @dataclass
@@ -40,12 +41,17 @@ class MoCoV3Options:
     concat_views: bool = False
 
 
-@STRATEGIES.register("mocov3")
-class MoCoV3(MomentumSSL):
+@OBJECTIVES.register("mocov3")
+class MoCoV3Objective(MomentumObjective):
     name = "mocov3"
     Options = MoCoV3Options
-    eval_encoder = "student"
 
-    @staticmethod
-    def pair_loss(q, z, opts):
-        return info_nce(q, z, opts.temperature)
+    def pair_loss(self, q, k):
+        return info_nce(q, k, self.options.temperature)
+
+
+@STRATEGIES.register("mocov3")
+class MoCoV3(Independent):
+    name = "mocov3"
+    Options = MoCoV3Options
+    Objective = MoCoV3Objective

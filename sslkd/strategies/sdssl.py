@@ -61,10 +61,11 @@ from torch import nn
 from sslkd.core.schedules import cosine
 from sslkd.errors import UserError
 from sslkd.losses.contrastive import nt_xent
-from sslkd.losses.sdssl import info_nce, isd_loss, nt_xent_to_targets, pred_loss
+from sslkd.losses.sdssl import byol_loss, info_nce, isd_loss, nt_xent_to_targets, pred_loss
 from sslkd.registry import STRATEGIES
-from sslkd.strategies.byol import BYOL, BYOLOptions, MLPHead, MomentumSSL, momentum_members, view_passes
-from sslkd.strategies.mocov3 import MoCoV3, MoCoV3Options
+from sslkd.strategies.base import Strategy
+from sslkd.strategies.byol import BYOLOptions, MLPHead, byol_views, view_passes
+from sslkd.strategies.mocov3 import MoCoV3Options
 
 
 @dataclass
@@ -165,13 +166,23 @@ class SDSSLOutputs:
 
 
 @STRATEGIES.register("sdssl")
-class SDSSL(MomentumSSL):
-    """Views, teacher updates and the EMA-teacher layout come from ``MomentumSSL``; the heads and losses are SDSSL's."""
+class SDSSL(Strategy):
+    """One cohort of SDSSL members; the EMA teacher follows the backbone and the final projector (Sec. 4.1)."""
 
     name = "sdssl"
     Options = SDSSLOptions
 
-    def build_members(self) -> dict[str, nn.ModuleDict]:
+    def __init__(self, cfg, info):
+        super().__init__(cfg, info)
+        self.build_members()
+
+    def train_transform(self):
+        return byol_views(self)
+
+    def after_step(self, step):
+        self.update_teachers(step, self.options.momentum_teacher)
+
+    def build_members(self) -> None:
         opts = self.options
         self.has_predictor = self.has_teacher = opts.base != "simclr"
         if opts.simclr_loss != "info_nce" and opts.base != "simclr":
@@ -181,7 +192,7 @@ class SDSSL(MomentumSSL):
             opts.last_bn = BYOLOptions.last_bn if opts.base == "byol" else MoCoV3Options.last_bn
         size, _ = self.crop_sizes()
 
-        def heads(backbone: nn.Module) -> dict[str, nn.Module]:
+        def heads(name: str, backbone: nn.Module, drop_path_rate: float) -> dict[str, nn.Module]:
             layers = select_layers(backbone.intermediate_names(), opts.layers, opts.layer_stride)
             dims = _layer_dims(backbone, layers, size)
             modules: dict[str, nn.Module] = {
@@ -197,20 +208,19 @@ class SDSSL(MomentumSSL):
                     for n in layers})
             return modules
 
-        sources = momentum_members(self, heads, ["backbone", "projector"] if self.has_teacher else None)
+        self.add_members(heads, ema_teacher=["backbone", "projector"] if self.has_teacher else False)
         self.layer_names: dict[str, list[str]] = {}
         self.final_names: dict[str, str] = {}
         for name, member in self.members.items():
             names = member.backbone.intermediate_names()
             self.layer_names[name] = select_layers(names, opts.layers, opts.layer_stride)
             self.final_names[name] = names[-1]
-        return sources
 
     def base_loss(self, q: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """L_ssl(q, sg(z)) of the base, one direction: BYOL's Eq. 1, else the InfoNCE of Eq. 2."""
         if self.options.base == "byol":
-            return BYOL.pair_loss(q, z, self.options)
-        return MoCoV3.pair_loss(q, z, self.options)
+            return byol_loss(q, z)
+        return info_nce(q, z, self.options.temperature)
 
     def embed(self, name: str, view: torch.Tensor) -> LayerOutputs:
         """The student's projections and predictions of every distilled layer and the final one, in one pass."""

@@ -11,8 +11,8 @@ the data's image size); the multi-crop fields (scales, local crops) do not apply
 
 Options (``strategy:``): ``temperature`` (tau_c), ``hidden_dim`` and ``out_dim`` of the projector.
 
-``TwoViewSSL`` is the shared skeleton of the two-view baselines (this one and SimSiam): the objective is the
-class's ``heads``/``embed``/``loss``, which DoGo reuses so a DoGo peer computes exactly what its baseline does.
+The objective is ``SimCLRObjective`` (registered in ``OBJECTIVES``); ``simclr`` is the independent coupling over it,
+and a DoGo peer with ``objectives: simclr`` computes exactly what this baseline does.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from torch import nn
 
 from sslkd.data.transforms import SimCLRTransform
 from sslkd.losses.contrastive import nt_xent
-from sslkd.registry import STRATEGIES
+from sslkd.registry import OBJECTIVES, STRATEGIES
 from sslkd.strategies.base import Strategy
+from sslkd.strategies.objectives import Independent, Objective, PairOutputs
 
 
 @dataclass
@@ -33,25 +34,6 @@ class SimCLROptions:
     temperature: float = 0.5
     hidden_dim: int = 512
     out_dim: int = 128
-
-
-@dataclass
-class PairOutputs:
-    """One member's outputs on its two views: projections (z', z'') and, for SimSiam, predictions (p', p'')."""
-
-    z: tuple[torch.Tensor, torch.Tensor]
-    p: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    @property
-    def own(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """What the member's own similarity distribution is built from: predictions where it has them (DoGo
-        Sec. 4.7 uses a SimSiam peer's predictions), else projections."""
-        return self.p if self.p is not None else self.z
-
-    def mean(self) -> torch.Tensor:
-        """A scalar of every output, for ``sslkd bench`` to back-propagate through the network passes alone."""
-        outputs = [*self.z, *(self.p or ())]
-        return sum(t.float().mean() for t in outputs)
 
 
 class SimCLRProjector(nn.Sequential):
@@ -70,53 +52,26 @@ def two_view_transform(strategy: Strategy, n_views: int) -> SimCLRTransform:
     return SimCLRTransform(size, mean=strategy.info.mean, std=strategy.info.std, n_views=n_views)
 
 
-class TwoViewSSL(Strategy):
-    """Every member trains alone with the class's two-view objective; one member is the usual baseline."""
-
-    def __init__(self, cfg, info):
-        super().__init__(cfg, info)
-        self.add_members(lambda name, backbone, rate: self.heads(backbone.num_features, self.options), ema_teacher=False)
-
-    @staticmethod
-    def heads(in_dim: int, opts) -> dict[str, nn.Module]:
-        raise NotImplementedError
-
-    @staticmethod
-    def embed(student: nn.ModuleDict, view_a: torch.Tensor, view_b: torch.Tensor) -> PairOutputs:
-        raise NotImplementedError
-
-    @staticmethod
-    def loss(outputs: PairOutputs, opts) -> torch.Tensor:
-        raise NotImplementedError
-
-    def train_transform(self) -> SimCLRTransform:
-        return two_view_transform(self, 2)
-
-    def network_outputs(self, views) -> dict[str, PairOutputs]:
-        """Every member's head outputs on the two views, keyed by member name."""
-        return {name: self.embed(member.student, views[0], views[1]) for name, member in self.members.items()}
-
-    def losses(self, outputs: dict[str, PairOutputs], labels, indices, step) -> dict[str, torch.Tensor]:
-        """``<member>/loss``: each member's own objective on its outputs; ``loss``: their sum."""
-        losses = {f"{name}/loss": self.loss(out, self.options) for name, out in outputs.items()}
-        losses["loss"] = sum(losses.values())
-        return losses
-
-
-@STRATEGIES.register("simclr")
-class SimCLR(TwoViewSSL):
+@OBJECTIVES.register("simclr")
+class SimCLRObjective(Objective):
     name = "simclr"
     Options = SimCLROptions
 
-    @staticmethod
-    def heads(in_dim: int, opts: SimCLROptions) -> dict[str, nn.Module]:
-        return {"projector": SimCLRProjector(in_dim, opts.hidden_dim, opts.out_dim)}
+    def heads(self, in_dim: int) -> dict[str, nn.Module]:
+        return {"projector": SimCLRProjector(in_dim, self.options.hidden_dim, self.options.out_dim)}
 
-    @staticmethod
-    def embed(student, view_a, view_b) -> PairOutputs:
-        z = tuple(student["projector"](student["backbone"](view)) for view in (view_a, view_b))
-        return PairOutputs(z=z)
+    def views(self, strategy: Strategy, n_views: int) -> SimCLRTransform:
+        return two_view_transform(strategy, n_views)
 
-    @staticmethod
-    def loss(outputs: PairOutputs, opts: SimCLROptions) -> torch.Tensor:
-        return nt_xent(*outputs.z, opts.temperature)
+    def embed(self, student, teacher, view_a, view_b) -> PairOutputs:
+        return PairOutputs(z=tuple(student["projector"](student["backbone"](view)) for view in (view_a, view_b)))
+
+    def loss(self, outputs: PairOutputs) -> torch.Tensor:
+        return nt_xent(*outputs.z, self.options.temperature)
+
+
+@STRATEGIES.register("simclr")
+class SimCLR(Independent):
+    name = "simclr"
+    Options = SimCLROptions
+    Objective = SimCLRObjective

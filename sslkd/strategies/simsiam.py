@@ -20,8 +20,10 @@ import torch
 from torch import nn
 
 from sslkd.losses.contrastive import simsiam_loss
-from sslkd.registry import STRATEGIES
-from sslkd.strategies.simclr import PairOutputs, TwoViewSSL
+from sslkd.data.transforms import SimCLRTransform
+from sslkd.registry import OBJECTIVES, STRATEGIES
+from sslkd.strategies.objectives import Independent, Objective, PairOutputs
+from sslkd.strategies.simclr import two_view_transform
 
 
 @dataclass
@@ -52,24 +54,31 @@ class SimSiamPredictor(nn.Sequential):
         )
 
 
-@STRATEGIES.register("simsiam")
-class SimSiam(TwoViewSSL):
+@OBJECTIVES.register("simsiam")
+class SimSiamObjective(Objective):
     name = "simsiam"
     Options = SimSiamOptions
 
-    @staticmethod
-    def heads(in_dim: int, opts: SimSiamOptions) -> dict[str, nn.Module]:
+    def heads(self, in_dim: int) -> dict[str, nn.Module]:
         return {
-            "projector": SimSiamProjector(in_dim, opts.hidden_dim, opts.out_dim),
-            "predictor": SimSiamPredictor(opts.out_dim, opts.pred_hidden_dim),
+            "projector": SimSiamProjector(in_dim, self.options.hidden_dim, self.options.out_dim),
+            "predictor": SimSiamPredictor(self.options.out_dim, self.options.pred_hidden_dim),
         }
 
-    @staticmethod
-    def embed(student, view_a, view_b) -> PairOutputs:
+    def views(self, strategy, n_views: int) -> SimCLRTransform:
+        return two_view_transform(strategy, n_views)
+
+    def embed(self, student, teacher, view_a, view_b) -> PairOutputs:
         z = tuple(student["projector"](student["backbone"](view)) for view in (view_a, view_b))
         p = tuple(student["predictor"](projection) for projection in z)
         return PairOutputs(z=z, p=p)
 
-    @staticmethod
-    def loss(outputs: PairOutputs, opts: SimSiamOptions) -> torch.Tensor:
+    def loss(self, outputs: PairOutputs) -> torch.Tensor:
         return simsiam_loss(*outputs.p, *outputs.z)
+
+
+@STRATEGIES.register("simsiam")
+class SimSiam(Independent):
+    name = "simsiam"
+    Options = SimSiamOptions
+    Objective = SimSiamObjective
