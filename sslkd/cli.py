@@ -1,4 +1,4 @@
-"""Command line: ``sslkd train | eval | compare | bench | export | list`` (also ``python -m sslkd``).
+"""Command line: ``sslkd train | eval | compare | reproduce | bench | export | list`` (also ``python -m sslkd``).
 
 Every mistake a user can make ends with one line on stderr naming the problem and the fix, and exit status 2.
 """
@@ -58,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--provenance", action="store_true",
                          help="add where each run came from: sslkd version and git revision, torch, device, "
                               "precision, processes")
+
+    reproduce = commands.add_parser("reproduce", help="train, evaluate and table one paper table (tables/*.yaml), "
+                                    "resumably; --list shows them all")
+    from sslkd.reproduce import add_arguments
+
+    add_arguments(reproduce)
 
     bench = commands.add_parser("bench", help="time a method's full steps against its network passes alone")
     bench.add_argument("--method", help="strategy name (see `sslkd list`)")
@@ -279,6 +285,12 @@ def _write_text(path: Path, text: str) -> None:
         raise UserError(f"cannot write --output '{path}' ({exc.strerror or exc}); choose a path you can write") from exc
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from sslkd.reproduce import execute
+
+    return execute(args, prog="sslkd")
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -363,7 +375,8 @@ def one_line(exc: UserError) -> str:
     return lines[-1].split("UserError: ", 1)[-1]
 
 
-COMMANDS = {"data": cmd_data, "plot": cmd_plot, "train": cmd_train, "eval": cmd_eval, "compare": cmd_compare, "export": cmd_export, "bench": cmd_bench, "list": cmd_list}
+COMMANDS = {"data": cmd_data, "plot": cmd_plot, "train": cmd_train, "eval": cmd_eval, "compare": cmd_compare,
+            "reproduce": cmd_reproduce, "export": cmd_export, "bench": cmd_bench, "list": cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,10 @@
-"""tools/reproduce.py: the table list, and a tiny table on digits run from scratch, interrupted, and run again
-without redoing what finished (an interrupted training is resumed, recorded evaluations are skipped)."""
+"""sslkd reproduce (sslkd.reproduce; tools/reproduce.py calls it): the table files in tables/, the table list, and
+a tiny table on digits run from scratch, interrupted, and run again without redoing what finished (an interrupted
+training is resumed, recorded evaluations are skipped)."""
 
-import importlib.util
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,32 +13,68 @@ import pytest
 import yaml
 from conftest import tiny_overrides
 
+from sslkd import reproduce
+from sslkd.cli import main as cli
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def reproduce():
-    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "tools" / "reproduce.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["reproduce"] = module  # dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_list_names_every_table_with_its_costs(reproduce):
+def test_list_names_every_table_with_its_costs(capsys):
     lines = []
     assert reproduce.main(["--list"], log=lines.append) == 0
     text = "\n".join(lines)
     for name in ("mokd_table1", "mokd_table4", "mokd_table5", "mokd_table9", "mokd_fig5", "dogo_table1",
                  "dogo_table2", "dogo_table3", "dogo_fig3", "mcl_table2", "mcl_table4", "sdssl_table1"):
         assert f"\n{name} " in f"\n{text}"
-    assert text.count("paper scale:") == text.count("proxy scale:") == len(reproduce.TABLES)
-    for table in reproduce.TABLES.values():  # the specs name configs and layouts that exist where they claim to
-        from sslkd.report import TABLES
+    assert text.count("paper scale:") == text.count("proxy scale:") == len(reproduce.load_tables())
+    assert cli(["reproduce", "--list"]) == 0 and capsys.readouterr().out == text + "\n"
+    script = subprocess.run([sys.executable, str(ROOT / "tools" / "reproduce.py"), "--list"], capture_output=True,
+                            text=True, check=True)
+    assert script.stdout == text + "\n"  # the script is the same command
 
-        if table.name.startswith(("mokd", "dogo_table1", "dogo_table2", "dogo_table3", "dogo_fig3")):
-            assert table.compare in TABLES
-        assert all((ROOT / c).is_file() for c in table.paper_configs), table.name
+
+def test_every_table_file_loads_and_validates():
+    from sslkd.report import TABLES
+
+    tables = reproduce.load_tables()  # each file checked: its keys and types, its configs exist, its names resolve
+    assert sorted(tables) == sorted(p.stem for p in (ROOT / "tables").glob("*.yaml"))
+    assert all(table.compare in TABLES for table in tables.values())
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"shared": "x"}, "unknown key(s) shared in"),
+    ({"evaluations": [{"key": "knn", "args": ["knn"], "proxy_arg": ["--epochs", "1"]}]},
+     "unknown key(s) proxy_arg in {spec}: evaluations[0]; known: args, configs,"),
+    ({"evaluations": [{"args": ["knn"]}]}, "{spec}: evaluations[0] lacks key"),
+    ({"configs": ["zoo_configs/dino/no_such.yaml"]}, "config file(s) zoo_configs/dino/no_such.yaml do not exist"),
+    ({"configs": "zoo_configs/dino/proxy_v3_cifar10_subset_resnet20.yaml"}, "{spec}: configs must be a list of str"),
+    ({"evaluations": [{"key": "knn", "args": ["knn"], "configs": ["dino/proxy_v3_cifar10_subset_vit"]}]},
+     "evaluation knn names dino/proxy_v3_cifar10_subset_vit, not one of the table's configs"),
+    ({"claims": [{"text": "a", "treated": ["dino/proxy_v3_cifar10_subset_resnet20"]}]},
+     "{spec}: claims[0]: treated must be a list of 2 values"),
+    ({"proxy_minutes": "ten"}, "{spec}: proxy_minutes must be float, got 'ten'"),
+])
+def test_table_file_mistakes_are_one_line(capsys, tmp_path, change, expected):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"name": "t", "configs": ["zoo_configs/dino/proxy_v3_cifar10_subset_resnet20.yaml"],
+                                    **change}))
+    assert cli(["reproduce", "--spec", str(spec), "--proxy"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sslkd: error: "), err
+    assert expected.format(spec=spec) in err[0]
+
+
+def test_tables_need_a_checkout_and_an_order(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(reproduce, "ROOT", tmp_path)  # an installed wheel: no tables/ or zoo_configs/ beside it
+    assert reproduce.main(["--list"]) == 2
+    assert "reproduce: error: no tables/ or zoo_configs/ in" in capsys.readouterr().err
+    (tmp_path / "zoo_configs").mkdir()
+    shutil.copytree(ROOT / "tables", tmp_path / "tables")
+    (tmp_path / "tables" / "quickstart.yaml").rename(tmp_path / "tables" / "quickstart2.yaml")
+    assert cli(["reproduce", "mokd_table1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and ("tables/quickstart2.yaml is not in order.txt; order.txt names quickstart, but there is "
+                              "no tables/quickstart.yaml") in err[0]
 
 
 def _actions(lines):
@@ -45,7 +82,7 @@ def _actions(lines):
             if line.split() and line.split()[0] in ("skip", "restore", "train", "resume", "eval")]
 
 
-def test_tiny_table_resumes_and_skips_what_finished(reproduce, tmp_path, monkeypatch):
+def test_tiny_table_resumes_and_skips_what_finished(tmp_path, monkeypatch):
     (tmp_path / "dino").mkdir()
     config = tmp_path / "dino" / "tiny_dino.yaml"
     config.write_text("method: dino\n")
