@@ -129,3 +129,53 @@ def test_every_trainable_parameter_has_exactly_one_optimiser(tiny_cfg, tmp_path)
     first.params.append(first.params[0])
     with pytest.raises(RuntimeError, match="in more than one optimiser"):
         check_every_parameter_optimised(trainer.strategy, trainer.optimizers)
+
+
+def test_clipping_and_the_last_layer_freeze_are_dinos_defaults_not_every_methods():
+    """A method's optimiser defaults live with it: DINO and MOKD clip at 3 and freeze their heads' last layers
+    for an epoch; a method that sets nothing (SimCLR here) gets neither."""
+    from sslkd.registry import STRATEGIES
+
+    for method, clip, freeze in (("dino", 3.0, 1), ("mokd", 3.0, 1), ("simclr", 0.0, 0), ("mcl", 0.0, 0)):
+        resolved = resolve_optim(OptimConfig(), "cnn", STRATEGIES.get(method).optimizer_defaults)
+        assert (resolved.clip_grad, resolved.freeze_last_layer_epochs) == (clip, freeze), method
+
+
+def test_declared_last_layers_are_the_ones_frozen(tiny_cfg, tmp_path):
+    from sslkd.engine.trainer import Trainer
+
+    trainer = Trainer(tiny_cfg("mokd"), tmp_path)
+    for name, member in trainer.strategy.members.items():
+        frozen = {id(p) for p in trainer.optimizers[name].last_layer}
+        expected = {id(p) for n, p in member.student.named_parameters()
+                    if n.startswith(("dino.last_layer.", "thead.last_layer."))}
+        assert frozen == expected and expected
+
+
+def test_a_fixed_lr_module_keeps_its_base_lr_while_the_rest_follows_the_schedule(tiny_cfg, tmp_path):
+    """SimSiam's predictor with ``predictor_lr: fixed``: its groups hold lr x batch/256 at every step, the rest
+    warms up and decays; with the default it is scheduled like the rest (one pair of groups)."""
+    from sslkd.config import load_config
+    from sslkd.engine.trainer import Trainer
+    from sslkd.strategies.base import StepInfo
+
+    overrides = ["members.cnn.backbone_args={widths: [4, 8, 8]}", "strategy={hidden_dim: 16, out_dim: 16, "
+                 "pred_hidden_dim: 8, predictor_lr: fixed}", "data.train_subset=32", "data.num_workers=0",
+                 "train.batch_size=16", "members.cnn.optimizer.warmup_epochs=1", "members.cnn.optimizer.min_lr=0", "train.epochs=4"]
+    trainer = Trainer(load_config("simsiam", None, overrides), tmp_path / "fixed")
+    part = trainer.optimizers["cnn"]
+    predictor = {id(p) for p in trainer.strategy.members["cnn"].student["predictor"].parameters()}
+    base = part.cfg.lr * 16 / 256
+    for step in (0, 3, 7):
+        trainer.set_schedules(StepInfo(step=step, epoch=step // 2, steps_per_epoch=2, total_steps=8))
+        for group in part.optimizer.param_groups:
+            ids = {id(p) for p in group["params"]}
+            assert ids <= predictor if group["fixed_lr"] else not ids & predictor
+            if group["fixed_lr"]:
+                assert group["lr"] == pytest.approx(base)
+            else:
+                assert group["lr"] < base
+    assert sum(len(g["params"]) for g in part.optimizer.param_groups if g["fixed_lr"]) == len(predictor)
+    scheduled = Trainer(load_config("simsiam", None, [o.replace("predictor_lr: fixed", "predictor_lr: scheduled")
+                                                      for o in overrides]), tmp_path / "scheduled")
+    assert len(scheduled.optimizers["cnn"].optimizer.param_groups) == 2

@@ -11,22 +11,22 @@ from torch import nn
 
 from sslkd.config import MemberConfig, OptimConfig
 from sslkd.errors import UserError
+from sslkd.strategies.base import Declared
 
-# MOKD's settings (METHODS.md): SGD for a CNN, AdamW for a ViT; LARS as DINO trains a ResNet-50.
+# MOKD's settings (METHODS.md): SGD for a CNN, AdamW for a ViT; LARS as DINO trains a ResNet-50. Gradient
+# clipping and the last-layer freeze are a method's own defaults (``Strategy.optimizer_defaults``: DINO's and MOKD's).
 OPTIM_DEFAULTS = {
-    "sgd": dict(lr=0.1, min_lr=0.0048, momentum=0.9, weight_decay=1e-4, weight_decay_end=1e-4, warmup_epochs=10.0,
-                clip_grad=3.0, freeze_last_layer_epochs=1),
-    "adamw": dict(lr=3e-4, min_lr=1e-5, momentum=0.9, weight_decay=0.04, weight_decay_end=0.4, warmup_epochs=10.0,
-                  clip_grad=3.0, freeze_last_layer_epochs=1),
-    "lars": dict(lr=0.3, min_lr=0.0048, momentum=0.9, weight_decay=1e-6, weight_decay_end=1e-6, warmup_epochs=10.0,
-                 clip_grad=3.0, freeze_last_layer_epochs=1),
+    "sgd": dict(lr=0.1, min_lr=0.0048, momentum=0.9, weight_decay=1e-4, weight_decay_end=1e-4, warmup_epochs=10.0),
+    "adamw": dict(lr=3e-4, min_lr=1e-5, momentum=0.9, weight_decay=0.04, weight_decay_end=0.4, warmup_epochs=10.0),
+    "lars": dict(lr=0.3, min_lr=0.0048, momentum=0.9, weight_decay=1e-6, weight_decay_end=1e-6, warmup_epochs=10.0),
 }
 
 
-def resolve_optim(cfg: OptimConfig, backbone_kind: str) -> OptimConfig:
-    """Fill ``auto`` and every unset field from the optimiser's defaults (the resolved config is saved)."""
+def resolve_optim(cfg: OptimConfig, backbone_kind: str, method_defaults: dict | None = None) -> OptimConfig:
+    """Fill ``auto`` and every unset field from the method's defaults, then the optimiser's (the resolved config is
+    saved)."""
     name = cfg.name if cfg.name != "auto" else ("adamw" if backbone_kind == "vit" else "sgd")
-    defaults = OPTIM_DEFAULTS[name]
+    defaults = {**OPTIM_DEFAULTS[name], **(method_defaults or {})}
     values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
     values["name"] = name
     for key, default in defaults.items():
@@ -35,14 +35,22 @@ def resolve_optim(cfg: OptimConfig, backbone_kind: str) -> OptimConfig:
     return OptimConfig(**values)
 
 
-def param_groups(named_params: Iterable[tuple[str, nn.Parameter]]) -> list[dict]:
-    """DINO's split: biases and 1-D parameters (norms) get no weight decay; frozen parameters are left out."""
-    regularized, not_regularized = [], []
+def param_groups(named_params: Iterable[tuple[str, nn.Parameter]], fixed_lr: tuple[str, ...] = ()) -> list[dict]:
+    """DINO's split: biases and 1-D parameters (norms) get no weight decay; frozen parameters are left out. The
+    parameters of the ``fixed_lr`` modules form groups of their own (``fixed_lr``: the trainer holds their lr)."""
+    groups = {(True, False): [], (False, False): []}
     for name, param in named_params:
         if not param.requires_grad:
             continue
-        (not_regularized if name.endswith(".bias") or param.ndim == 1 else regularized).append(param)
-    return [{"params": regularized, "regularized": True}, {"params": not_regularized, "regularized": False, "weight_decay": 0.0}]
+        regularized = not (name.endswith(".bias") or param.ndim == 1)
+        groups.setdefault((regularized, in_modules(name, fixed_lr)), []).append(param)
+    return [{"params": params, "regularized": regularized, "fixed_lr": fixed, **({} if regularized else {"weight_decay": 0.0})}
+            for (regularized, fixed), params in groups.items()]
+
+
+def in_modules(name: str, modules: tuple[str, ...]) -> bool:
+    """Whether parameter ``name`` (of a student) belongs to one of the named (dotted) modules."""
+    return any(name.startswith(f"{module}.") for module in modules)
 
 
 class LARS(torch.optim.Optimizer):
@@ -86,8 +94,9 @@ def fused_adamw(groups: list[dict]) -> bool | None:
     return (bool(params) and all(p.is_floating_point() and p.device.type in FUSED_DEVICES for p in params)) or None
 
 
-def build_optimizer(named_params: Iterable[tuple[str, nn.Parameter]], cfg: OptimConfig) -> torch.optim.Optimizer:
-    groups = param_groups(named_params)
+def build_optimizer(named_params: Iterable[tuple[str, nn.Parameter]], cfg: OptimConfig,
+                    fixed_lr: tuple[str, ...] = ()) -> torch.optim.Optimizer:
+    groups = param_groups(named_params, fixed_lr)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=0.0, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.name == "adamw":
@@ -126,7 +135,8 @@ class MemberOptimizer:
     optimizer: torch.optim.Optimizer
 
 
-def member_optimizers(name: str, student: nn.ModuleDict, cfg: MemberConfig, backbone_kind: str) -> dict[str, MemberOptimizer]:
+def member_optimizers(name: str, student: nn.ModuleDict, cfg: MemberConfig, backbone_kind: str,
+                      declared: Declared = Declared()) -> dict[str, MemberOptimizer]:
     """The optimisers of member ``name``, keyed ``name`` (every parameter not claimed by a module optimiser) and
     ``name/module`` for each of ``cfg.module_optimizers``. Every trainable parameter belongs to exactly one."""
     named = list(student.named_parameters())
@@ -146,8 +156,8 @@ def member_optimizers(name: str, student: nn.ModuleDict, cfg: MemberConfig, back
             member=name,
             cfg=opt_cfg,
             params=[p for _, p in owned],
-            last_layer=[p for n, p in owned if "last_layer" in n],
-            optimizer=build_optimizer(owned, opt_cfg),
+            last_layer=[p for n, p in owned if in_modules(n, declared.last_layer)],
+            optimizer=build_optimizer(owned, opt_cfg, declared.fixed_lr),
         )
         for key, (opt_cfg, owned) in ((key, parts[key]) for key in order)
     }

@@ -137,15 +137,18 @@ class Trainer:
         if dist.world_size() > 1 and cfg.train.sync_bn:
             dist.convert_sync_batchnorm(self.strategy, self.device)
         dist.broadcast_state(self.strategy)
+        defaults = self.strategy.optimizer_defaults
         for member in self.strategy.members.values():
-            member.cfg.optimizer = resolve_optim(member.cfg.optimizer, member.kind)
+            member.cfg.optimizer = resolve_optim(member.cfg.optimizer, member.kind, defaults)
             member.cfg.module_optimizers = {
-                module: resolve_optim(module_cfg, member.kind) for module, module_cfg in member.cfg.module_optimizers.items()
+                module: resolve_optim(module_cfg, member.kind, defaults)
+                for module, module_cfg in member.cfg.module_optimizers.items()
             }
         prepare_members(self.strategy, cfg.train)
         self.optimizers: dict[str, MemberOptimizer] = {}
         for name, member in self.strategy.members.items():
-            self.optimizers.update(member_optimizers(name, member.student, member.cfg, member.kind))
+            self.optimizers.update(member_optimizers(name, member.student, member.cfg, member.kind,
+                                                     self.strategy.parameter_declarations(name)))
         check_every_parameter_optimised(self.strategy, self.optimizers)
         self.autocast_dtype = autocast_dtype(cfg.train, self.device)
         self.use_amp = self.autocast_dtype == torch.float16  # fp16 needs loss scaling; bf16 does not
@@ -201,7 +204,8 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------------- schedules
     def set_schedules(self, info: StepInfo) -> dict[str, float]:
-        """lr (warm-up + cosine) and weight decay (cosine) of every member at this global step."""
+        """lr (warm-up + cosine; a group the strategy declares ``fixed_lr``: the base lr throughout) and weight
+        decay (cosine) of every member at this global step."""
         lrs = {}
         batch_scale = self.cfg.train.batch_size * dist.world_size() / 256.0
         for key, part in self.optimizers.items():
@@ -212,7 +216,7 @@ class Trainer:
             )
             wd = cosine(info.step, info.total_steps, opt_cfg.weight_decay, opt_cfg.weight_decay_end)
             for group in part.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = opt_cfg.lr * batch_scale if group.get("fixed_lr") else lr
                 if group["regularized"]:
                     group["weight_decay"] = wd
             lrs[key] = lr

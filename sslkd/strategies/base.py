@@ -37,6 +37,15 @@ class StepInfo:
         return int(round(epochs * self.steps_per_epoch))
 
 
+@dataclass(frozen=True)
+class Declared:
+    """What a strategy declares about one member's parameters (``Strategy.parameter_declarations``): the modules
+    whose lr stays at its base value, and the modules the last-layer freeze holds still in the first epochs."""
+
+    fixed_lr: tuple[str, ...] = ()
+    last_layer: tuple[str, ...] = ()
+
+
 @dataclass
 class NoOptions:
     """A strategy without options of its own."""
@@ -107,6 +116,8 @@ class Strategy(nn.Module):
     name: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
     eval_encoder: ClassVar[str] = "teacher"  # what ``eval.encoder: auto`` evaluates: the method's authors' choice
+    # the method's own optimiser defaults, under a member's unset ``optimizer`` fields (DINO clips and freezes)
+    optimizer_defaults: ClassVar[dict] = {"clip_grad": 0.0, "freeze_last_layer_epochs": 0}
 
     def __init__(self, cfg: Config, info: DatasetInfo):
         super().__init__()
@@ -184,6 +195,11 @@ class Strategy(nn.Module):
         """The named loss terms of one step from ``network_outputs``; ``"loss"`` is the total. State updates
         (centers, queues, banks) are queued with ``defer``, never applied here."""
         raise NotImplementedError
+
+    def parameter_declarations(self, member: str) -> Declared:
+        """What the trainer must know about ``member``'s parameters: modules with a fixed lr, modules the
+        last-layer freeze holds (none by default)."""
+        return Declared()
 
     def schedule_values(self, step: StepInfo) -> dict[str, float]:
         """Scheduled quantities the losses use at ``step`` (e.g. teacher temperatures per term), logged with the lr."""

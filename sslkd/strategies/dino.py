@@ -25,7 +25,7 @@ from sslkd.errors import UserError
 from sslkd.losses.dino import dino_loss
 from sslkd.models.heads import DINOHead
 from sslkd.registry import STRATEGIES
-from sslkd.strategies.base import Centers, StepInfo, Strategy, group_by_resolution
+from sslkd.strategies.base import Centers, Declared, StepInfo, Strategy, group_by_resolution
 
 
 @dataclass
@@ -79,6 +79,7 @@ class DINO(Strategy):
 
     name = "dino"
     Options = DINOOptions
+    optimizer_defaults = {"clip_grad": 3.0, "freeze_last_layer_epochs": 1}  # DINO's clip_grad, freeze_last_layer
 
     def __init__(self, cfg, info):
         super().__init__(cfg, info)
@@ -116,6 +117,9 @@ class DINO(Strategy):
             self.defer(partial(self.centers.update, key, out["teacher"].detach(), opts.center_momentum))
         losses["loss"] = sum(losses[f"{name}/loss"] for name in outputs)
         return losses
+
+    def parameter_declarations(self, member):
+        return Declared(last_layer=("dino.last_layer",))
 
     def schedule_values(self, step):
         return {"teacher_temp": teacher_temperature(step, self.options)}

@@ -44,7 +44,7 @@ import torch
 from sslkd.errors import UserError
 from sslkd.losses.contrastive import dogo_kd_loss, similarity_logits
 from sslkd.registry import OBJECTIVES, STRATEGIES
-from sslkd.strategies.base import Strategy
+from sslkd.strategies.base import Declared, Strategy
 from sslkd.strategies.byol import BYOLOptions
 from sslkd.strategies.mocov3 import MoCoV3Options
 from sslkd.strategies.objectives import Objective, PairOutputs, teacher_module, update_teacher
@@ -100,6 +100,9 @@ class DoGo(Strategy):
 
     def member_eval_encoder(self, member: str) -> str:
         return self.objectives[member].eval_encoder
+
+    def parameter_declarations(self, member: str) -> Declared:
+        return Declared(fixed_lr=self.objectives[member].fixed_lr_modules())
 
     def train_transform(self):
         n_views = 2 * len(self.members) if self.options.views == "per_peer" else 2

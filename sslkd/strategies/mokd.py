@@ -45,8 +45,8 @@ from sslkd.errors import UserError
 from sslkd.losses.dino import dino_loss, feature_search_loss
 from sslkd.models.heads import THead
 from sslkd.registry import STRATEGIES
-from sslkd.strategies.base import Centers, Member, Strategy, group_by_resolution
-from sslkd.strategies.dino import DINOOptions, check_dino_options, dino_head, teacher_temperature
+from sslkd.strategies.base import Centers, Declared, Member, Strategy, group_by_resolution
+from sslkd.strategies.dino import DINO, DINOOptions, check_dino_options, dino_head, teacher_temperature
 
 
 @dataclass
@@ -74,6 +74,7 @@ def token_grid(backbone: nn.Module, size: int) -> tuple[int, int]:
 class MOKD(Strategy):
     name = "mokd"
     Options = MOKDOptions
+    optimizer_defaults = DINO.optimizer_defaults
 
     def __init__(self, cfg, info):
         super().__init__(cfg, info)
@@ -143,6 +144,10 @@ class MOKD(Strategy):
             self.defer(partial(self.thead_centers.update, f"{name}/thead", teachers[name]["thead"].detach(), opts.center_momentum))
         losses["loss"] = sum(losses[f"{name}/loss"] for name in self.members)
         return losses
+
+    def parameter_declarations(self, member):
+        """Both heads' last layers are held still in the first epochs (the code freezes every ``last_layer``)."""
+        return Declared(last_layer=("dino.last_layer", "thead.last_layer"))
 
     def schedule_values(self, step):
         values = {f"teacher_temp/{name}/self": self.self_teacher_temperature(step, name) for name in self.members}

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from sslkd.core.schedules import ema_momentum
-from sslkd.strategies.base import Strategy
+from sslkd.strategies.base import Declared, Strategy
 
 
 @dataclass
@@ -68,6 +68,10 @@ class Objective:
     def loss(self, outputs: PairOutputs) -> torch.Tensor:
         raise NotImplementedError
 
+    def fixed_lr_modules(self) -> tuple[str, ...]:
+        """Heads whose lr stays at the base value through training (SimSiam's predictor, optionally)."""
+        return ()
+
     def teacher_momentum(self) -> float:
         """Base momentum of the EMA teacher (cosine to 1 over training); only asked when ``teacher_modules``."""
         return self.options.momentum_teacher
@@ -96,6 +100,9 @@ class Independent(Strategy):
 
     def member_eval_encoder(self, member: str) -> str:
         return self.objective.eval_encoder
+
+    def parameter_declarations(self, member: str) -> Declared:
+        return Declared(fixed_lr=self.objective.fixed_lr_modules())
 
     def train_transform(self) -> Callable:
         return self.objective.views(self, 2)

@@ -5,16 +5,18 @@ code's; its BatchNorms keep their affine parameters), prediction MLP h = Linear(
 Linear(512, 2048). The loss is the symmetrised negative cosine 1/2 D(p', z'') + 1/2 D(p'', z') with the
 stop-gradient on z (DoGo Eq. 6). Each view goes through the network on its own; no EMA teacher.
 
-Views: the same 32-px SimCLR recipe as ``simclr`` (``data.augment`` gives only the crop size). Not offered:
-SimSiam's fixed predictor learning rate (the trainer schedules one rate per member) and the DoGo code's weaker
-SimSiam jitter (strength 0.5): DoGo's paper describes one augmentation module for all peers.
+Views: the same 32-px SimCLR recipe as ``simclr`` (``data.augment`` gives only the crop size). Not offered: the
+DoGo code's weaker SimSiam jitter (strength 0.5): DoGo's paper describes one augmentation module for all peers.
 
-Options (``strategy:``): ``hidden_dim`` and ``out_dim`` of the projector, ``pred_hidden_dim`` of the predictor.
+Options (``strategy:``): ``hidden_dim`` and ``out_dim`` of the projector, ``pred_hidden_dim`` of the predictor,
+``predictor_lr``: ``scheduled`` (default: the member's warm-up + cosine, as the DoGo code) or ``fixed`` (the
+predictor keeps the base lr throughout: SimSiam's own recipe, "fixed lr" for h, and solo-learn's ``static_lr``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -31,6 +33,7 @@ class SimSiamOptions:
     hidden_dim: int = 2048
     out_dim: int = 2048
     pred_hidden_dim: int = 512
+    predictor_lr: Literal["scheduled", "fixed"] = "scheduled"
 
 
 class SimSiamProjector(nn.Sequential):
@@ -75,6 +78,9 @@ class SimSiamObjective(Objective):
 
     def loss(self, outputs: PairOutputs) -> torch.Tensor:
         return simsiam_loss(*outputs.p, *outputs.z)
+
+    def fixed_lr_modules(self) -> tuple[str, ...]:
+        return ("predictor",) if self.options.predictor_lr == "fixed" else ()
 
 
 @STRATEGIES.register("simsiam")
