@@ -54,8 +54,9 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """Per-member optimiser; ``None`` fields take the defaults of the chosen optimiser (``auto``: SGD for a CNN,
-    AdamW for a ViT, as MOKD trains them). ``lr`` is the base rate for batch 256 (scaled linearly)."""
+    """Per-member optimiser; ``None`` fields take the method's defaults, then those of the chosen optimiser
+    (``auto``: SGD for a CNN, AdamW for a ViT, as MOKD trains them). ``lr`` is the base rate for batch 256, scaled
+    linearly with the global batch (``lr_scaling: linear``, the default) or used as given (``none``)."""
 
     name: Literal["auto", "sgd", "adamw", "lars"] = "auto"
     lr: float | None = None
@@ -66,6 +67,7 @@ class OptimConfig:
     warmup_epochs: float | None = None
     clip_grad: float | None = None
     freeze_last_layer_epochs: int | None = None
+    lr_scaling: Literal["linear", "none"] | None = None
 
 
 @dataclass

@@ -179,3 +179,8 @@ def test_a_fixed_lr_module_keeps_its_base_lr_while_the_rest_follows_the_schedule
     scheduled = Trainer(load_config("simsiam", None, [o.replace("predictor_lr: fixed", "predictor_lr: scheduled")
                                                       for o in overrides]), tmp_path / "scheduled")
     assert len(scheduled.optimizers["cnn"].optimizer.param_groups) == 2
+    unscaled = Trainer(load_config("simsiam", None, [*overrides, "members.cnn.optimizer.lr_scaling=none"]),
+                       tmp_path / "unscaled")
+    unscaled.set_schedules(StepInfo(step=0, epoch=0, steps_per_epoch=2, total_steps=8))
+    fixed = [g["lr"] for g in unscaled.optimizers["cnn"].optimizer.param_groups if g["fixed_lr"]]
+    assert fixed and all(lr == pytest.approx(part.cfg.lr) for lr in fixed)  # the lr as given, not x 16/256

@@ -13,12 +13,16 @@ from sslkd.config import MemberConfig, OptimConfig
 from sslkd.errors import UserError
 from sslkd.strategies.base import Declared
 
-# MOKD's settings (METHODS.md): SGD for a CNN, AdamW for a ViT; LARS as DINO trains a ResNet-50. Gradient
-# clipping and the last-layer freeze are a method's own defaults (``Strategy.optimizer_defaults``: DINO's and MOKD's).
+# MOKD's settings (METHODS.md): SGD for a CNN, AdamW for a ViT; LARS as DINO trains a ResNet-50; lr linear in the
+# global batch (lr x batch / 256, Goyal et al., as DINO and MOKD scale it). Gradient clipping and the last-layer
+# freeze are a method's own defaults (``Strategy.optimizer_defaults``: DINO's and MOKD's).
 OPTIM_DEFAULTS = {
-    "sgd": dict(lr=0.1, min_lr=0.0048, momentum=0.9, weight_decay=1e-4, weight_decay_end=1e-4, warmup_epochs=10.0),
-    "adamw": dict(lr=3e-4, min_lr=1e-5, momentum=0.9, weight_decay=0.04, weight_decay_end=0.4, warmup_epochs=10.0),
-    "lars": dict(lr=0.3, min_lr=0.0048, momentum=0.9, weight_decay=1e-6, weight_decay_end=1e-6, warmup_epochs=10.0),
+    "sgd": dict(lr=0.1, min_lr=0.0048, momentum=0.9, weight_decay=1e-4, weight_decay_end=1e-4, warmup_epochs=10.0,
+                lr_scaling="linear"),
+    "adamw": dict(lr=3e-4, min_lr=1e-5, momentum=0.9, weight_decay=0.04, weight_decay_end=0.4, warmup_epochs=10.0,
+                  lr_scaling="linear"),
+    "lars": dict(lr=0.3, min_lr=0.0048, momentum=0.9, weight_decay=1e-6, weight_decay_end=1e-6, warmup_epochs=10.0,
+                 lr_scaling="linear"),
 }
 
 

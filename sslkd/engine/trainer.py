@@ -207,9 +207,10 @@ class Trainer:
         """lr (warm-up + cosine; a group the strategy declares ``fixed_lr``: the base lr throughout) and weight
         decay (cosine) of every member at this global step."""
         lrs = {}
-        batch_scale = self.cfg.train.batch_size * dist.world_size() / 256.0
+        global_batch = self.cfg.train.batch_size * dist.world_size()
         for key, part in self.optimizers.items():
             opt_cfg = part.cfg
+            batch_scale = global_batch / 256.0 if opt_cfg.lr_scaling == "linear" else 1.0
             lr = warmup_cosine(
                 info.step, info.total_steps, opt_cfg.lr * batch_scale, opt_cfg.min_lr,
                 min(info.epochs_to_steps(opt_cfg.warmup_epochs), info.total_steps),
