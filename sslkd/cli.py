@@ -51,8 +51,15 @@ def _parser() -> argparse.ArgumentParser:
         module.add_parser(protocols)  # each sets args.run
 
     compare = commands.add_parser("compare", help="turn finished runs into a paper-style table")
-    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (or folders holding them)")
-    compare.add_argument("--table", default="auto", help="table layout (auto, mokd_table1, runs, ...)")
+    compare.add_argument("run_dirs", nargs="*", metavar="RUN_DIR",
+                         help="run directories (or folders holding them); none: the records of --table TABLE")
+    compare.add_argument("--table", default="auto",
+                         help="table layout (auto, mokd_table1, runs, ...) or a table of tables/ (mokd_table1_v3, ...: "
+                              "its layout, and with no RUN_DIR its records in results/)")
+    compare.add_argument("--scale", choices=["proxy", "paper"],
+                         help="with no RUN_DIR: the table's CPU-proxy records (the default) or its paper-scale ones")
+    compare.add_argument("--results", help="with no RUN_DIR: the results folder `sslkd reproduce` wrote the records to "
+                                           "(default: results/ of the checkout)")
     compare.add_argument("--format", default="md", choices=["md", "csv", "latex"], help="output format")
     compare.add_argument("--output", help="also write the table to this file (its folder is created)")
     compare.add_argument("--provenance", action="store_true",
@@ -206,7 +213,7 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from sslkd.report.tables import at_or_below_floor
+    from sslkd.report.core import at_or_below_floor
 
     table = Table(title=f"{summary['method']} on {summary['dataset']} ({summary['epochs']} epochs, seed {summary['seed']})")
     for column in ("member", "backbone", "params (M)", "k-NN top-1 (k=20)", "random init k-NN", "DoGo k-NN mean"):
@@ -263,8 +270,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from sslkd.report import compare_table, render, rich_table
+    from sslkd.reproduce import compare_target
 
-    table = compare_table(args.run_dirs, table=args.table, provenance=args.provenance)
+    run_dirs, layout = compare_target(args.table, args.run_dirs, args.scale, args.results)
+    try:
+        table = compare_table(run_dirs, table=layout, provenance=args.provenance)
+    except UserError as exc:
+        if args.run_dirs:
+            raise
+        proxy = " --proxy" if args.scale != "paper" else ""
+        raise UserError(f"{exc} (the records of {args.table} lack these runs so far: sslkd reproduce {args.table}"
+                        f"{proxy} makes them)") from exc
     text = render(table, args.format)
     if args.output:
         _write_text(Path(args.output), text)

@@ -20,14 +20,16 @@ runs (MOKD Tables 4, 5, 9 and Fig. 5 reuse MOKD Table 1's). Layout:
     results/<table>_proxy{.md,.csv,_runs.md,_random_init.md,_wall.md}
 
 At paper scale the runs go to runs/<runs>/ and the tables to results/<table>{...}. ``--tables-only`` rebuilds the
-table files from the records in results/ alone (a fresh clone has no runs/). tables/, zoo_configs/, runs/ and results/
-are those of the checkout that holds the package (an editable or source install).
+table files from the records in results/ alone (a fresh clone has no runs/); ``sslkd compare --table TABLE`` prints
+the table from the same records (``compare_target``). tables/, zoo_configs/, runs/ and results/ are those of the
+checkout that holds the package (an editable or source install).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import os
 import re
@@ -322,11 +324,20 @@ class Plan:
 
     def records(self, run_dir: Path) -> Path:
         """Where a run's records are committed: results/[proxy_]<runs>/<run path below out>."""
-        return self.results / f"{'proxy_' if self.proxy else ''}{self.table.run_group}" / run_dir.relative_to(self.out)
+        return self.results / run_folder(self.table, self.proxy) / run_dir.relative_to(self.out)
+
+    def tabled(self) -> list[Path]:
+        """The config folders of out that hold a finished run: what the table is built from."""
+        return [self.out / _stem(c) for c in self.configs() if any((self.out / _stem(c)).glob("*/summary.json"))]
 
     def table_eval_dir(self, key: str) -> Path:
         """Where a per-table evaluation writes: results/<table>[_proxy]_<key>."""
         return self.results / f"{self.table.name}{self.suffix}_{key}"
+
+
+def run_folder(table: Table, proxy: bool) -> str:
+    """The folder of a table's runs under runs/ and of their records under results/."""
+    return f"proxy_{table.run_group}" if proxy else table.run_group
 
 
 def _resolve(config: str) -> str:
@@ -409,7 +420,7 @@ def write_tables(plan: Plan, log) -> None:
 
     table = plan.table
     run_dirs = sorted(p.parent for p in plan.out.rglob("summary.json"))
-    ours = [plan.out / _stem(c) for c in plan.configs() if any((plan.out / _stem(c)).glob("*/summary.json"))]
+    ours = plan.tabled()
     floors = plan.out / "random_init"
     stem = plan.results / f"{table.name}{plan.suffix}"
     outputs = {f"{stem}.md": (ours, table.compare, "md"), f"{stem}.csv": (ours, table.compare, "csv"),
@@ -504,6 +515,57 @@ def wall_times(plan: Plan, run_dirs: list[Path]) -> str:
             "k-NN); evaluations: the sslkd eval commands of this table\n")
 
 
+# ------------------------------------------------------------------------------------------------ sslkd compare
+def compare_target(name: str, run_dirs: list[str], scale: str | None = None,
+                   results: str | None = None) -> tuple[list[str | Path], str]:
+    """The run folders and layout ``sslkd compare [RUN_DIR...] --table NAME`` tables. With run folders NAME is a
+    layout or auto, as it always was, or a table of tables/ standing for its layout; without, a table of tables/: its
+    layout over the records reproduce wrote for it (results/[proxy_]<runs>/), so no one needs to know that folder.
+    ``scale``: proxy (the default) or paper; ``results``: the results folder (default results/ of the checkout)."""
+    from sslkd.report import TABLES
+
+    layouts = TABLES.names()
+    if run_dirs:
+        if scale or results:
+            raise UserError("--scale and --results find a table's records in results/; with run directories given they "
+                            "mean nothing: drop them, or drop the run directories")
+        if name == "auto" or name in TABLES or not (ROOT / "tables").is_dir():
+            return run_dirs, name  # compare_table names the layouts if NAME is none
+        return run_dirs, _table_named(name, layouts, with_runs=True).compare
+    if name == "auto":
+        raise UserError("no run directories given: pass run directories (or folders holding them), or name a table of "
+                        "tables/ with --table TABLE to table its records in results/ (sslkd reproduce --list)")
+    check_root()
+    table = _table_named(name, layouts, with_runs=False)
+    folder, proxy = Path(results).resolve() if results else ROOT / "results", scale != "paper"
+    plan = Plan(table, proxy, [], folder / run_folder(table, proxy), folder)
+    check(plan)
+    runs = plan.tabled()
+    if not runs:
+        raise UserError(f"no records of {name} in {plan.out}: make them with sslkd reproduce {name}"
+                        f"{' --proxy' if plan.proxy else ''}" + ("" if results else " (or pass --results DIR)"))
+    return runs, table.compare
+
+
+def _table_named(name: str, layouts: list[str], with_runs: bool) -> Table:
+    """The table of tables/ called ``name``; a wrong name is one line with the names close to it."""
+    tables = load_tables()
+    if name in tables:
+        return tables[name]
+    if not with_runs and name in layouts:
+        raise UserError(f"{name} is a layout, not a table of tables/: pass the run directories to table with it "
+                        f"(sslkd compare RUN_DIR... --table {name}), or name a table (sslkd reproduce --list)")
+    close = difflib.get_close_matches(name, list(dict.fromkeys([*tables, *(layouts if with_runs else ())])), n=3)
+    near = f"close: {', '.join(close)}"
+    if with_runs:
+        raise UserError(f"unknown table {name!r}{f' ({near})' if close else ''}; --table takes a layout "
+                        f"({', '.join(layouts)}), auto, or a table of tables/ (sslkd reproduce --list), which stands for "
+                        "its layout")
+    known = near if close else f"tables: {', '.join(tables)}"
+    raise UserError(f"unknown table {name!r} ({known}); name a table of tables/ (sslkd reproduce --list), or pass run "
+                    "directories and a layout (sslkd compare RUN_DIR... --table LAYOUT)")
+
+
 # ------------------------------------------------------------------------------------------------ listing
 def measured_minutes(table: Table) -> float | None:
     """The total of the table's last proxy wall-time account in results/, if it was run."""
@@ -586,7 +648,7 @@ def execute(args: argparse.Namespace, log=print, prog: str = "reproduce") -> int
             raise UserError(f"--seeds {args.seeds}: need at least one seed")
         if args.data_root:
             table = with_data_root(table, args.data_root)
-        group = f"proxy_{table.run_group}" if args.proxy else table.run_group
+        group = run_folder(table, args.proxy)
         results = Path(args.results).resolve()
         out = results / group if args.tables_only else Path(args.out).resolve() if args.out else ROOT / "runs" / group
         plan = Plan(table, args.proxy, list(range(args.seeds)), out, results)

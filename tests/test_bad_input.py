@@ -60,6 +60,11 @@ def test_unknown_method(capsys, tmp_path):
     assert "unknown strategy 'mokdd'. Did you mean 'mokd'?" in fails(capsys, "train", "--method", "mokdd")
 
 
+def test_misspelt_table_names_the_tables_close_to_it(capsys):
+    line = fails(capsys, "compare", "--table", "mokd_tabel1_v3")
+    assert "unknown table 'mokd_tabel1_v3' (close: mokd_table1_v3, mokd_table3_v3, mokd_table1_v2)" in line
+
+
 # ---------------------------------------------------------------------------------------------------- config
 @pytest.mark.parametrize("override, expected", [
     ("train.epocs=1", "unknown config key 'train.epocs' (did you mean 'epochs'?)"),

@@ -17,7 +17,7 @@ from sslkd.errors import UserError
 from sslkd.losses.contrastive import dogo_kd_loss, peer_ensemble, similarity_kl, similarity_logits
 from sslkd.registry import STRATEGIES
 from sslkd.report import compare_table, load_paper_numbers, load_runs
-from sslkd.report.tables import dogo_table1
+from sslkd.report.dogo import dogo_table1
 from sslkd.strategies.dogo import DoGoOptions
 from sslkd.strategies.objectives import PairOutputs
 from sslkd.strategies.simclr import SimCLRObjective

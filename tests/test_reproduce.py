@@ -200,3 +200,45 @@ def test_tiny_table_resumes_and_skips_what_finished(tmp_path, monkeypatch):
     assert [line.split()[0] for line in restored if line.startswith(("restore", "train", "resume", "eval"))] == [
         "restore"] * 3
     assert {p.name: p.read_text() for p in results.glob("tiny_table_proxy*.*")} == tables
+
+
+def test_compare_tables_a_table_file_from_its_records(tmp_path, capsys):
+    """`sslkd compare --table NAME` prints what `sslkd reproduce NAME --tables-only` writes (same records, same
+    layout); with run directories a table's name stands for its layout."""
+    results = tmp_path / "results"
+    shutil.copytree(ROOT / "results" / "proxy_quickstart", results / "proxy_quickstart")
+    assert reproduce.main(["quickstart", "--proxy", "--tables-only", "--results", str(results)],
+                          log=lambda _: None) == 0
+    for fmt in ("md", "csv"):
+        out = tmp_path / f"table.{fmt}"
+        assert cli(["compare", "--table", "quickstart", "--results", str(results), "--format", fmt,
+                    "--output", str(out)]) == 0
+        assert out.read_text() == (results / f"quickstart_proxy.{fmt}").read_text()
+    capsys.readouterr()
+    runs = str(results / "proxy_quickstart")
+    assert cli(["compare", runs, "--table", "v3_baselines"]) == 0  # its layout: runs
+    by_name = capsys.readouterr().out
+    assert cli(["compare", runs, "--table", "runs"]) == 0
+    assert capsys.readouterr().out == by_name
+
+    # a table whose records lack the runs its layout needs says which table's records they are
+    shutil.copytree(ROOT / "results" / "proxy_v3_baselines" / "dino", results / "proxy_v3_baselines" / "dino")
+    assert cli(["compare", "--table", "mokd_table1_v3", "--results", str(results)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sslkd: error: no mokd runs among"), err
+    assert err[0].endswith("(the records of mokd_table1_v3 lack these runs so far: sslkd reproduce mokd_table1_v3 "
+                           "--proxy makes them)")
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--table", "runs"], "runs is a layout, not a table of tables/"),
+    ([], "no run directories given"),
+    (["--table", "v3_baselines", "--scale", "paper"], "v3_baselines has no paper-scale configs"),
+    (["--table", "quickstart", "--results", "{tmp}"], "no records of quickstart in {tmp}/proxy_quickstart"),
+    (["{tmp}", "--table", "mokd_tabel1"], "unknown table 'mokd_tabel1' (close: mokd_table1, "),
+    (["{tmp}", "--table", "runs", "--scale", "paper"], "--scale and --results find a table's records in results/"),
+])
+def test_compare_table_mistakes_are_one_line(capsys, tmp_path, argv, expected):
+    assert cli(["compare", *(arg.format(tmp=tmp_path) for arg in argv)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected.format(tmp=tmp_path) in err[0], err

@@ -25,7 +25,7 @@ def test_mokd_run_leaves_config_metrics_checkpoint_summary(tmp_path):
     assert {"teacher_temp/cross", "teacher_temp/cnn/self", "teacher_temp/vit/self"} <= set(first_step)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["method"] == "mokd" and summary["dataset"] == "digits" and summary["epochs"] == 1
-    assert summary["tag"] == "lambda 1"  # tables keep tagged runs apart (report.tables._setting)
+    assert summary["tag"] == "lambda 1"  # tables keep tagged runs apart (report.core.setting_label)
     for name in ("cnn", "vit"):
         assert 0 <= summary["members"][name]["knn_top1"] <= 100
     assert summary["protocol"]["knn_k"] == 20 and summary["protocol"]["n_test"] == 360

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from sslkd.errors import UserError
-from sslkd.report.tables import RANDOM_INIT, framework_label
+from sslkd.report.core import RANDOM_INIT
+from sslkd.report.sdssl import framework_label
 
 
 def parse_layers(spec: str | None) -> list[str] | None:
@@ -203,7 +204,7 @@ def multiexit(checkpoints: list[str], protocol: str, out_dir: str | Path, layers
     """Evaluate every checkpoint per layer (k-NN, or a linear probe with the ``probe`` recipe); write rows.csv,
     table.md, table.csv and multiexit_<protocol>.png."""
     from sslkd.eval.checkpoints import load_strategy
-    from sslkd.report.tables import render
+    from sslkd.report.core import render
 
     out_dir = Path(out_dir)
     frames = []

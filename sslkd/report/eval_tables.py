@@ -18,7 +18,7 @@ import pandas as pd
 
 from sslkd.core.rundir import RunDir
 from sslkd.report.records import PAPER_NUMBERS_DIR, load_paper_numbers
-from sslkd.report.tables import NA, Stat, backbone_label, format_stat, register_table
+from sslkd.report.core import NA, Stat, backbone_label, format_stat, register_table
 
 HEADLINES = ("top1", "linear_top1", "consistency")
 
