@@ -109,6 +109,21 @@ def memory_contrast(anchors: torch.Tensor, positives: torch.Tensor, negatives: t
     return logits, mask
 
 
+def dictionary_contrastive_logits(anchors: dict[str, torch.Tensor], positives: dict[str, torch.Tensor],
+                                  negatives: dict[str, torch.Tensor], temperature: float) -> ContrastiveLogits:
+    """Memory-based mining (MCL Alg. 2) and MoCo over a cohort, member m's contrastive samples its ``positives[m]``
+    [B, d] and ``negatives[m]`` ([B, K, d] or [K, d]): VCL rows of every member against its own samples, ICL rows of
+    every ordered pair (a, b), anchor from a, samples from b (Eq. 1, 4)."""
+    names = list(anchors)
+
+    def build(a: str, b: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return memory_contrast(anchors[a], positives[b], negatives[b], temperature)
+
+    own = {m: build(m, m) for m in names}
+    cross = {(a, b): build(a, b)[0] for a in names for b in names if a != b}
+    return ContrastiveLogits({m: v[0] for m, v in own.items()}, cross, own[names[0]][1])
+
+
 def contrastive_ce(logits: torch.Tensor, positive_mask: torch.Tensor,
                    anchor_weights: torch.Tensor | None = None) -> torch.Tensor:
     """-log p^1 (MCL Eq. 2 / Eq. 5), averaged over anchors. With several positives (a class-aware batch whose

@@ -7,6 +7,10 @@ Every member learns the labels and mimics its peers' class posteriors:
 p_l is a detached target, so no gradient reaches a peer through its soft labels, and one backward of sum_m L_m
 equals DML's alternating per-member updates computed on the same batch.
 
+A coupling (issue 15) over the supervised objective of ``supervised`` (``SupervisedCohort``: classifier, one view,
+cross-entropy): its KL compares class posteriors, so it holds for objectives with a classifier only, not for the
+self-supervised ones of ``OBJECTIVES`` or MCL's MoCo v2 form.
+
 Options (``strategy:``): ``temperature`` of the posteriors (1 in DML; the KL is scaled by T^2), ``peer_reduction``
 mean (DML's 1/(M-1)) or sum over peers. Views, heads and evaluation as in ``supervised``.
 """

@@ -60,11 +60,12 @@ from sslkd.strategies.base import build_member_backbone
 from sslkd.strategies.mcl import (
     CohortContrast,
     MemoryOptions,
-    Projection,
     check_soft_anchor_column,
     check_terms,
+    contrastive_coupling,
     mining_sampler,
 )
+from sslkd.strategies.mocov2 import Projection
 from sslkd.strategies.supervised import SupervisedCohort
 
 
@@ -244,11 +245,7 @@ class LMCL(SupervisedCohort):
             layer_losses = []
             for stage, contrast in self.contrasts.items():
                 embeddings = {n: out["embeddings"][int(stage) - 1] for n, out in members.items()}
-                mcl = mcl_loss(contrast.logits(embeddings, labels, indices), opts.alpha, opts.beta,
-                               opts.soft_temperature, tuple(opts.terms))
-                write = contrast.bank_write(embeddings, indices)
-                if write is not None:
-                    self.defer(write)
+                mcl = contrastive_coupling(self, contrast, embeddings, labels, indices)
                 losses[f"mcl/stage{stage}"] = mcl["loss"]
                 layer_losses.append(mcl["loss"])
             losses["layer_mcl"] = sum(layer_losses)
