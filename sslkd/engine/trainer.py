@@ -533,7 +533,9 @@ def _record_step(line: str) -> float:
 def build_summary(cfg: Config, strategy: Strategy, results: dict, wall_time: float, random_init: dict | None = None,
                   provenance: dict | None = None) -> dict:
     """The run's record; ``random_init``: each member's k-NN at step 0 ({name: {"knn_top1"}}, None when a run resumed
-    from an older checkpoint never measured it); ``provenance``: see sslkd.report.provenance."""
+    from an older checkpoint never measured it); ``provenance``: see sslkd.report.provenance. Each member's backbone
+    options and the strategy's options are recorded too, so reports label the run from this record alone (which
+    network a backbone name stands for, DoGo's objectives, L-MCL's terms, SDSSL's framework)."""
     from sslkd.models.backbones import count_params_m
 
     members = {}
@@ -542,6 +544,8 @@ def build_summary(cfg: Config, strategy: Strategy, results: dict, wall_time: flo
         members[name] = {
             "backbone": member.cfg.backbone,
             "paper_name": member.cfg.paper_name,
+            "backbone_args": to_dict(member.cfg.backbone_args),
+            "small_image_stem": member.cfg.small_image_stem,
             "params_m": round(count_params_m(member.backbone), 3),
             **{k: v for k, v in knn.items() if k != "protocol"},
             "linear_top1": None,
@@ -556,6 +560,7 @@ def build_summary(cfg: Config, strategy: Strategy, results: dict, wall_time: flo
         "wall_time_s": round(wall_time, 1),
         "config_file": cfg.config_file,
         "tag": cfg.tag,
+        "strategy": to_dict(cfg.strategy),
         "members": members,
         "protocol": protocol,
         "provenance": provenance,

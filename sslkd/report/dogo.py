@@ -41,7 +41,7 @@ def format_relative_change(before: float | None, after: float | None) -> str:
 
 
 def _dogo_members(dogo: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
-    """The members of two-member dogo runs with their model (objective from the run's config) and pair partner."""
+    """The members of two-member dogo runs with their model (objective from the run's record) and pair partner."""
     rows = []
     for run_dir, members in two_member_runs(dogo, "dogo", notes):
         objectives = member_objectives(run_dir)

@@ -11,6 +11,7 @@ from sslkd.core.rundir import RunDir
 from sslkd.errors import UserError
 from sslkd.report.core import (Stat, backbone_label, blank_missing, format_stat, paper_numbers, register_table,
                                setting_label)
+from sslkd.report.records import strategy_options
 
 
 MCL_METHODS = (("supervised", "Baseline"), ("dml", "DML"), ("mcl", "MCL"), ("lmcl", "L-MCL"))
@@ -128,9 +129,8 @@ def mcl_table2(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _lmcl_terms(run_dir: str) -> tuple[str, ...]:
-    """The MCL loss terms an lmcl run switched on (its config.yaml), in MCL Table 6's column order."""
-    config = RunDir(run_dir).read_config()
-    terms = (config.get("strategy") or {}).get("terms") or ["vcl", "soft_vcl", "icl", "soft_icl"]
+    """The MCL loss terms an lmcl run switched on (its ``strategy.terms``), in MCL Table 6's column order."""
+    terms = strategy_options(run_dir).get("terms") or ["vcl", "soft_vcl", "icl", "soft_icl"]
     return tuple(t for t in ("vcl", "soft_vcl", "icl", "soft_icl") if t in terms)
 
 

@@ -101,14 +101,34 @@ def summary_rows(path: Path) -> list[dict]:
         ) from exc
 
 
-def _member_configs(run_dir: Path) -> dict:
-    """The run's resolved member configs from its config.yaml (empty when absent)."""
+def recorded_options(summary: dict, run_dir: Path) -> tuple[dict[str, dict], dict | None]:
+    """(member -> its backbone options, the strategy's options) of a run: what labels it beyond names (a backbone's
+    overrides, DoGo's objectives, L-MCL's terms, SDSSL's framework), as its summary.json records them."""
+    if "strategy" in summary:
+        return summary["members"], summary["strategy"] or {}
+    return options_from_config_yaml(run_dir)
+
+
+def options_from_config_yaml(run_dir: Path) -> tuple[dict[str, dict], dict | None]:
+    """The same options from the run's config.yaml, for summaries written before summary.json recorded them; no
+    member options and no strategy options (None) when it is unreadable."""
     try:
         config = RunDir(run_dir).read_config()
     except (OSError, yaml.YAMLError):
-        return {}
-    members = config.get("members") if isinstance(config, dict) else None
-    return members if isinstance(members, dict) else {}
+        return {}, None
+    config = config if isinstance(config, dict) else {}
+    members, strategy = config.get("members"), config.get("strategy")
+    return members if isinstance(members, dict) else {}, strategy if isinstance(strategy, dict) else {}
+
+
+def strategy_options(run_dir: str | Path) -> dict:
+    """The strategy options a finished run trained with (its summary.json, or config.yaml for older records)."""
+    path = RunDir(run_dir).summary
+    _, options = recorded_options(_read_summary(path), path.parent)
+    if options is None:
+        raise UserError(f"{run_dir} records no strategy options in summary.json and has no readable config.yaml: "
+                        "pass run directories written by sslkd train")
+    return options
 
 
 def backbone_identity(name: str, member_config: dict) -> str:
@@ -130,7 +150,7 @@ def _floor(member: dict) -> float:
 
 def _member_rows(summary: dict, path: Path) -> list[dict]:
     wall = summary.get("wall_time_s")
-    configs = _member_configs(path.parent)
+    member_options, _ = recorded_options(summary, path.parent)
     provenance = summary.get("provenance") or {}
     return [
         {
@@ -140,7 +160,7 @@ def _member_rows(summary: dict, path: Path) -> list[dict]:
             "epochs": int(summary["epochs"]),
             "member": name,
             "member_index": index,
-            "backbone": backbone_identity(member.get("backbone"), configs.get(name) or {}),
+            "backbone": backbone_identity(member.get("backbone"), member_options.get(name) or {}),
             "paper_name": member.get("paper_name"),
             "knn_top1": _accuracy(member.get("knn_top1")),
             "linear_top1": _accuracy(member.get("linear_top1")),
@@ -258,14 +278,9 @@ def one_row_per_seed(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
 
 def member_objectives(run_dir: str | Path) -> dict[str, str]:
-    """Each member's SSL objective as the run's config.yaml records it (``strategy.objectives``, DoGo); empty when
-    the config names none (every other method trains each member with the method itself)."""
-    try:
-        config = RunDir(run_dir).read_config()
-    except (OSError, yaml.YAMLError):
-        return {}
-    strategy = config.get("strategy") if isinstance(config, dict) else None
-    objectives = strategy.get("objectives") if isinstance(strategy, dict) else None
+    """Each member's SSL objective as the run recorded it (``strategy.objectives``, DoGo); empty when its options
+    name none (every other method trains each member with the method itself)."""
+    objectives = strategy_options(run_dir).get("objectives")
     return {str(k): str(v) for k, v in objectives.items()} if isinstance(objectives, dict) else {}
 
 

@@ -7,10 +7,10 @@ from typing import Callable
 
 import pandas as pd
 
-from sslkd.core.rundir import RunDir
 from sslkd.errors import UserError
 from sslkd.report.core import (PROTOCOLS, RANDOM_INIT, Stat, backbone_label, blank_missing, format_delta, format_stat,
                                format_value, mean_of, paper_numbers, register_table, setting_label)
+from sslkd.report.records import strategy_options
 
 
 SDSSL_BASES = {"simclr": "SimCLR", "byol": "BYOL", "mocov3": "MoCo v3"}
@@ -22,7 +22,7 @@ SDSSL_PAPER_SOURCE = "paper: ImageNet, 300 ep (SDSSL Table 1)"
 def framework_label(method: str, options) -> str:
     """How SDSSL's figures and Table 1 name a run: ``MoCo v3``, ``SD-MoCo v3``, ``BYOL``, ``SD-SimCLR``, ... An
     sdssl run that distils no layer and has no predictor loss is its base. ``options``: the run's strategy options
-    (a mapping as saved in config.yaml, or the options dataclass)."""
+    (a mapping as recorded in summary.json or config.yaml, or the options dataclass)."""
     if method != "sdssl":
         return SDSSL_BASES.get(method, method)
     from sslkd.strategies.sdssl import SDSSLOptions
@@ -36,21 +36,14 @@ def framework_label(method: str, options) -> str:
 
 
 def sdssl_framework(method: str, run_dir: str) -> str | None:
-    """The SDSSL Table 1 row of a run (``framework_label`` of its config.yaml); None for other methods (the
+    """The SDSSL Table 1 row of a run (``framework_label`` of its strategy options); None for other methods (the
     ``simclr`` strategy is DoGo's SimCLR, not SDSSL's) and for an sdssl run that distils no layer but keeps BYOL's or
     MoCo v3's predictor loss, which is neither the base nor SD."""
     if method in ("byol", "mocov3"):
         return SDSSL_BASES[method]
     if method != "sdssl":
         return None
-    import yaml
-
-    try:
-        config = RunDir(run_dir).read_config() or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"{run_dir} has no readable config.yaml ({exc}): pass run directories written by sslkd "
-                        "train") from exc
-    options = config.get("strategy") or {}
+    options = strategy_options(run_dir)
     if options.get("layers") == [] and options.get("base") != "simclr" and options.get("beta") != 0:
         return None
     return framework_label(method, options)
