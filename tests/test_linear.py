@@ -1,7 +1,6 @@
 """Linear probes (DINO and DoGo protocols): they learn separable data, keep the backbone frozen, cache features
 when nothing is augmented, validate on a held-out split and repeat exactly for a seed."""
 
-import argparse
 import json
 import math
 
@@ -9,14 +8,14 @@ import pytest
 import torch
 from torch import nn
 
+from sslkd.cli import main
 from sslkd.config import to_dict
 from sslkd.data import build_dataset
 from sslkd.data.datasets import DatasetInfo, TensorImageDataset
 from sslkd.data.transforms import EvalTransform
 from sslkd.core.checkpoint import save_checkpoint
 from sslkd.errors import UserError
-from sslkd.eval.linear import (add_linear_parser, cmd_linear, linear_of_checkpoint, linear_probe, probe_feature_fn,
-                               split_train_val)
+from sslkd.eval.linear import linear_of_checkpoint, linear_probe, probe_feature_fn, split_train_val
 from sslkd.models.backbones import Backbone, build_backbone
 from sslkd.registry import STRATEGIES
 
@@ -205,20 +204,15 @@ def test_checkpoint_probe_through_the_cli(tmp_path, tiny_cfg, capsys):
     checkpoint = tmp_path / "last.pt"
     save_checkpoint(checkpoint, {"method": "dino", "config": to_dict(cfg), "strategy": strategy.state_dict()})
 
-    parser = argparse.ArgumentParser()
-    add_linear_parser(parser.add_subparsers(dest="protocol"))
-    args = parser.parse_args(["linear", "--checkpoint", str(checkpoint), "--protocol", "dogo", "--epochs", "2",
-                              "--json"])
-    assert args.protocol == "linear" and args.probe == "dogo"
-    assert cmd_linear(args) == 0
+    probe = ["eval", "linear", "--checkpoint", str(checkpoint)]
+    assert main([*probe, "--protocol", "dogo", "--epochs", "2", "--json"]) == 0
     results = json.loads(capsys.readouterr().out)
     p = results["cnn"]["protocol"]
     assert set(results) == {"cnn"} and 0 <= results["cnn"]["linear_top1"] <= 100
     assert (p["name"], p["epochs"], p["n_train"] + p["n_val"], p["n_test"]) == ("dogo", 2, 1437, 360)
     assert p["backbone"] == "cifar_resnet20" and p["dataset"] == "digits" and math.isfinite(p["final_train_loss"])
 
-    args = parser.parse_args(["linear", "--checkpoint", str(checkpoint), "--epochs", "1", "--no-augment"])
-    assert cmd_linear(args) == 0
+    assert main([*probe, "--epochs", "1", "--no-augment"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("cnn: linear top-1 ") and "dino protocol, 1 epochs" in out and "final epoch" in out
     with pytest.raises(UserError, match="checkpoint has no member 'vit'; its members are cnn"):

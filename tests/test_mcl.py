@@ -3,7 +3,6 @@ positives, the class-aware sampler's guarantee, memory-based mining and its bank
 form, gradients (soft labels, ensembles and keys detached; nothing crosses members where the paper says it must
 not), the gate, end-to-end runs, the zoo configs and the compare tables."""
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -13,13 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Subset
 
+from sslkd.cli import main
 from sslkd.config import from_dict, load_config
 from sslkd.data import DatasetInfo
 from sslkd.data.datasets import TensorImageDataset
 from sslkd.data.sampling import ClassAwareSampler, dataset_labels
 from sslkd.engine.trainer import Trainer
 from sslkd.errors import UserError
-from sslkd.eval.classify import cmd_classify
 from sslkd.eval.linear import linear_of_checkpoint
 from sslkd.losses.classification import ensemble_distillation, soft_kl
 from sslkd.losses.mcl import (
@@ -365,8 +364,7 @@ def test_train_end_to_end_writes_test_top1(tmp_path, method, capsys):
         assert 0.0 <= member["test_top1"] <= 100.0 and member["knn_top1"] is not None
     assert 0.0 <= summary["ensemble_test_top1"] <= 100.0
     capsys.readouterr()
-    args = argparse.Namespace(checkpoint=str(out / "checkpoints" / "last.pt"), data_name=None, data_root=None, json=True)
-    assert cmd_classify(args) == 0
+    assert main(["eval", "classify", "--checkpoint", str(out / "checkpoints" / "last.pt"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["members"] == {name: m["test_top1"] for name, m in summary["members"].items()}
     assert result["ensemble_top1"] == summary["ensemble_test_top1"]

@@ -16,7 +16,6 @@ CKA heat-maps (one line or map per framework, over its seeds).
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -263,27 +262,3 @@ def analyze(checkpoints: list[str], out_dir: str | Path, member: str | None = No
                 for group, ms in frameworks.items()}
     plot_cka(mean_cka, paths["cka_png"])
     return paths
-
-
-def add_parser(protocols: argparse._SubParsersAction) -> None:
-    """``sslkd eval analyze`` (sets ``args.run``)."""
-    parser = protocols.add_parser("analyze", help="per-layer alignment, uniformity, negative alignment and their "
-                                                  "ratios, and layer-by-layer CKA (SDSSL Sec. 4.4): CSV, JSON, PNGs")
-    parser.add_argument("--checkpoints", "--checkpoint", dest="checkpoints", nargs="+", required=True, metavar="RUN",
-                        help="one or more checkpoints or run directories (e.g. MoCo v3 and SD-MoCo v3)")
-    parser.add_argument("--member", help="analyse only this member")
-    parser.add_argument("--max-images", type=int, default=2000, help="test images used (pairwise metrics are O(n^2))")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the image subset and of the two views")
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.set_defaults(run=cmd_analyze)
-
-
-def cmd_analyze(args: argparse.Namespace) -> int:
-    paths = analyze(args.checkpoints, args.out, args.member, args.max_images, args.seed)
-    rows = pd.read_csv(paths["csv"])
-    columns = ["run", "layer", "alignment", "uniformity", "negative_alignment", "alignment_ratio",
-               "uniformity_alignment_ratio"]
-    print(rows[columns].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    for path in paths.values():
-        print(path)
-    return 0

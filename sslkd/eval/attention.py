@@ -15,13 +15,12 @@ every query token of every image; a layer's MAD is the mean over its heads.
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from sslkd.eval.checkpoints import add_common_args, finish, load_members, timed
+from sslkd.eval.checkpoints import load_members
 from sslkd.eval.protocol import eval_loaders
 
 
@@ -157,20 +156,3 @@ def plot_distances(results: dict, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("attention", help="mean attention distance per layer (MOKD Fig. 5)")
-    add_common_args(parser)
-    parser.add_argument("--num-images", type=int, default=256, help="test images averaged over (default 256)")
-    parser.add_argument("--plot", help="also draw the distances per layer to this PNG")
-    parser.set_defaults(run=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    results, wall = timed(attention_of_checkpoint, args.checkpoint, args.member, args.data_name, args.data_root,
-                          args.num_images, seed=args.seed, device=args.device)
-    if args.plot:
-        plot_distances(results, args.plot)
-    return finish(args, results, "attention_distance", wall, "none", lambda r: "mean attention distance (px) " + ", ".join(
-        f"{layer} {value:.1f}" for layer, value in r["mean_attention_distance"].items()))

@@ -9,9 +9,7 @@ many evaluations and a finished one is never redone.
 
 from __future__ import annotations
 
-import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -81,33 +79,6 @@ def load_members(path, member: str | None = None, data_name: str | None = None, 
     return strategy, cfg, backbones
 
 
-def add_common_args(parser: argparse.ArgumentParser, data_help: str = "data set to evaluate on "
-                    "(default: the training data set)") -> None:
-    """--checkpoint, --member, --data, --data-root, --seed, --device, --json, --output, --record, --key."""
-    parser.add_argument("--checkpoint", required=True,
-                        help="a checkpoints/last.pt written by sslkd train, or a run directory")
-    parser.add_argument("--member", help="evaluate only this member (default: every member)")
-    parser.add_argument("--data", dest="data_name", help=data_help)
-    parser.add_argument("--data-root", help="root of that data set")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the evaluation (splits, init, shuffling)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    add_output_args(parser)
-
-
-def add_output_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--output", help="also write the results (with every setting) to this JSON file")
-    parser.add_argument("--record", action="store_true",
-                        help="also store the results in the run's summary.json under evals.KEY")
-    parser.add_argument("--key", help="name under which --record stores the results (default: from the settings)")
-
-
-def timed(fn, *args, **kwargs) -> tuple[dict, float]:
-    start = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - start
-
-
 def record_in_summary(run_dir: str | Path, key: str, results: dict, wall_time_s: float | None = None) -> None:
     """Store ``results`` (member -> result) in ``run_dir/summary.json`` under ``evals[key]``; a linear-probe key
     (``linear...``) also fills each member's ``linear_top1``, which the paper tables read."""
@@ -115,7 +86,7 @@ def record_in_summary(run_dir: str | Path, key: str, results: dict, wall_time_s:
     if not path.is_file():
         raise UserError(f"--record needs a finished run, but {path} does not exist: finish the run first")
     summary = json.loads(path.read_text())
-    entry = {name: _jsonable(result) for name, result in results.items()}
+    entry = {name: jsonable(result) for name, result in results.items()}
     if wall_time_s is not None:
         entry["wall_time_s"] = round(wall_time_s, 1)
     summary.setdefault("evals", {})[key] = entry
@@ -127,35 +98,25 @@ def record_in_summary(run_dir: str | Path, key: str, results: dict, wall_time_s:
     atomic_write(path, lambda handle: handle.write(json.dumps(summary, indent=2).encode()))
 
 
-def finish(args: argparse.Namespace, results: dict, default_key: str, wall_time_s: float,
-           headline: str, describe) -> int:
-    """Write --output, --record, and print one line per member (``describe(result)`` says how it was made)."""
-    write_outputs(args, results, default_key, wall_time_s)
-    if args.json:
-        print(json.dumps(_jsonable(results), indent=2))
-        return 0
-    for name, result in results.items():
-        print(f"{name}: {headline} {result[headline]:.2f} ({describe(result)})"
-              if isinstance(result.get(headline), float) else f"{name}: {describe(result)}")
-    return 0
+def save_results(checkpoint: str | Path, results: dict, key: str, wall_time_s: float, output: str | Path | None = None,
+                 record: bool = False) -> None:
+    """Write one evaluation's results (with its checkpoint, key and wall time) to the JSON file ``output``, and with
+    ``record`` store them in the run's summary.json under ``evals[key]``."""
+    if output:
+        payload = {"checkpoint": str(checkpoint), "key": key, "wall_time_s": round(wall_time_s, 1),
+                   "results": jsonable(results)}
+        atomic_write(Path(output), lambda handle: handle.write(json.dumps(payload, indent=2).encode()))
+    if record:
+        run_dir, _ = resolve_run(checkpoint)
+        record_in_summary(run_dir, key, results, wall_time_s)
 
 
-def write_outputs(args: argparse.Namespace, results: dict, default_key: str, wall_time_s: float) -> None:
-    """--output FILE.json and --record (summary.json evals[KEY]) of one evaluation."""
-    if args.output:
-        payload = {"checkpoint": str(args.checkpoint), "key": args.key or default_key,
-                   "wall_time_s": round(wall_time_s, 1), "results": _jsonable(results)}
-        atomic_write(Path(args.output), lambda handle: handle.write(json.dumps(payload, indent=2).encode()))
-    if args.record:
-        run_dir, _ = resolve_run(args.checkpoint)
-        record_in_summary(run_dir, args.key or default_key, results, wall_time_s)
-
-
-def _jsonable(value):
+def jsonable(value):
+    """``value`` with tensors as lists, paths as strings and keys as strings: ready for json.dumps."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, torch.Tensor):
         return value.tolist()
     if isinstance(value, Path):

@@ -7,9 +7,6 @@ Written into summary.json at the end of training (``test_top1`` per member, ``en
 
 from __future__ import annotations
 
-import argparse
-import json
-
 import torch
 from torch.utils.data import DataLoader
 
@@ -71,23 +68,3 @@ def classify_checkpoint(path, data_name: str | None = None, data_root: str | Non
                         "evaluate it with sslkd eval knn or sslkd eval linear")
     torch_device = pick_device(device)
     return classify_members(strategy.to(torch_device), cfg, torch_device)
-
-
-def add_classify_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("classify", help="test top-1 of a supervised run's classifiers and their ensemble")
-    parser.add_argument("--checkpoint", required=True, help="a checkpoints/last.pt written by sslkd train")
-    parser.add_argument("--data", dest="data_name", help="data set to test on (default: the training data set)")
-    parser.add_argument("--data-root", help="root of that data set")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    return parser
-
-
-def cmd_classify(args: argparse.Namespace) -> int:
-    results = classify_checkpoint(args.checkpoint, args.data_name, args.data_root)
-    if args.json:
-        print(json.dumps(results, indent=2))
-        return 0
-    for name, top1 in results["members"].items():
-        print(f"{name}: test top-1 {top1:.2f}")
-    print(f"ensemble: test top-1 {results['ensemble_top1']:.2f} ({results['n_test']} test images)")
-    return 0

@@ -9,12 +9,10 @@ swapped for an independently trained one).
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
 from sslkd.errors import UserError
-from sslkd.eval.checkpoints import add_output_args, finish, load_members, timed
+from sslkd.eval.checkpoints import load_members
 from sslkd.eval.features import extract_features
 from sslkd.eval.knn import knn_predict
 from sslkd.eval.protocol import eval_loaders
@@ -79,25 +77,3 @@ def consistency_of_checkpoints(path, member: str | None = None, other_path=None,
                      "backbone": setting_a["backbone"], "other_backbone": setting_b["backbone"],
                      "dataset": setting_a["dataset"]},
     }}
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("consistency", help="fraction of test images two members classify alike "
-                                                       "(MOKD Tab. 9)")
-    parser.add_argument("--checkpoint", required=True, help="a checkpoints/last.pt or a run directory")
-    parser.add_argument("--member", help="the first model (default: the first of a two-member run)")
-    parser.add_argument("--other-checkpoint", help="the second model's checkpoint (default: the same run)")
-    parser.add_argument("--other-member", help="the second model (default: the second of a two-member run)")
-    parser.add_argument("--data", dest="data_name", help="data set both are evaluated on (default: training's)")
-    parser.add_argument("--data-root", help="root of that data set")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    add_output_args(parser)
-    parser.set_defaults(run=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    results, wall = timed(consistency_of_checkpoints, args.checkpoint, args.member, args.other_checkpoint,
-                          args.other_member, args.data_name, args.data_root, args.device)
-    return finish(args, results, "consistency", wall, "consistency", lambda r: (
-        f"fraction of equal k-NN predictions with {r['protocol']['other_member']} of "
-        f"{r['protocol']['other_checkpoint']}; k-NN top-1 {r['knn_top1']:.2f} / {r['other_knn_top1']:.2f}"))

@@ -12,8 +12,6 @@ output. The evaluated backbone is the run's usual one (the EMA teacher's where t
 
 from __future__ import annotations
 
-import argparse
-import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -146,11 +144,6 @@ def layer_rows(results: dict, protocol: str) -> list[dict]:
             for member, result in results.items() for block, r in result["layers"].items()]
 
 
-def print_layers(results: dict, protocol: str) -> None:
-    for row in layer_rows(results, protocol):
-        print(f"{row['member']} layer {row['layer']:>2} ({row['block']}): {protocol} top-1 {row['top1']:.2f}")
-
-
 # ----------------------------------------------------------------------------------------------- several runs
 def run_label(cfg) -> str:
     """A run's framework label; an untrained run (``train.epochs=0``, a proxy table's floor) is ``random init``."""
@@ -226,58 +219,3 @@ def multiexit(checkpoints: list[str], protocol: str, out_dir: str | Path, layers
     paths["md"].write_text(render(table.astype(str), "md"))
     plot_multiexit(rows, paths["png"], protocol)
     return paths
-
-
-# ----------------------------------------------------------------------------------------------- command line
-def add_layer_args(parser: argparse.ArgumentParser) -> None:
-    """``--layers`` on ``sslkd eval knn`` and ``sslkd eval linear``."""
-    parser.add_argument("--layers", help="evaluate these layers one by one: all, or comma-separated 1-based numbers, "
-                                         "block names or final (multi-exit, SDSSL Fig. 3)")
-
-
-def cmd_knn_layers(args: argparse.Namespace) -> int:
-    results = knn_per_layer(args.checkpoint, args.layers, args.member, args.data_name, args.data_root,
-                            encoder=args.encoder)
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        print_layers(results, "knn")
-    return 0
-
-
-def cmd_linear_layers(args: argparse.Namespace) -> int:
-    results = linear_per_layer(args.checkpoint, args.layers, args.member, args.probe, args.data_name, args.data_root,
-                               args.epochs, args.augment, args.seed)
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        print_layers(results, "linear")
-    return 0
-
-
-def add_parser(protocols: argparse._SubParsersAction) -> None:
-    """``sslkd eval multiexit``: several runs, per layer, as a table and a plot (sets ``args.run``)."""
-    from sslkd.eval.linear import PROTOCOLS
-
-    parser = protocols.add_parser("multiexit", help="k-NN or linear probe of every layer of several runs: table + PNG "
-                                                    "of accuracy against layer per framework (SDSSL Fig. 3)")
-    parser.add_argument("--checkpoints", nargs="+", required=True, metavar="RUN",
-                        help="checkpoints or run directories (e.g. MoCo v3 and SD-MoCo v3 runs, several seeds)")
-    parser.add_argument("--protocol", dest="multiexit_protocol", default="knn", choices=["knn", "linear"])
-    parser.add_argument("--layers", default="all", help="all, or comma-separated 1-based numbers, block names, final")
-    parser.add_argument("--member", help="evaluate only this member")
-    parser.add_argument("--probe", default="dino", choices=sorted(PROTOCOLS), help="linear-probe recipe")
-    parser.add_argument("--epochs", type=int, help="linear-probe epochs (default: the recipe's)")
-    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                        help="augment the probe's train images (off caches features)")
-    parser.add_argument("--out", required=True, help="directory for the table (md, csv) and the PNG")
-    parser.set_defaults(run=cmd_multiexit)
-
-
-def cmd_multiexit(args: argparse.Namespace) -> int:
-    paths = multiexit(args.checkpoints, args.multiexit_protocol, args.out, args.layers, args.member, args.probe,
-                      args.epochs, args.augment)
-    print(paths["md"].read_text())
-    for path in paths.values():
-        print(path)
-    return 0

@@ -17,10 +17,8 @@ With augmentation the frozen backbone runs on every augmented batch under ``torc
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +32,7 @@ from torchvision.transforms import v2
 from sslkd.data import build_dataset
 from sslkd.data.transforms import EvalTransform
 from sslkd.errors import UserError
-from sslkd.eval.checkpoints import add_output_args, load_strategy, timed, write_outputs
+from sslkd.eval.checkpoints import load_strategy
 
 
 @dataclass(frozen=True)
@@ -393,54 +391,8 @@ def linear_of_checkpoint(path, member: str | None = None, protocol: str = "dino"
     return results
 
 
-def add_linear_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """``sslkd eval linear``; the protocol lands in ``args.probe`` because ``eval`` keeps its sub-command in
-    ``args.protocol``."""
-    parser = subparsers.add_parser("linear", help="linear probe (DINO or DoGo protocol) of a checkpoint's members")
-    parser.add_argument("--checkpoint", required=True,
-                        help="a checkpoints/last.pt written by sslkd train, or a run directory")
-    parser.add_argument("--member", help="evaluate only this member (default: every member)")
-    parser.add_argument("--protocol", dest="probe", default="dino", choices=sorted(PROTOCOLS),
-                        help="dino: SGD + cosine, augmented, last-4-block CLS for ViTs; dogo: Adam 3e-4, cached "
-                             "features, best epoch on a 10%% validation split (default: dino)")
-    parser.add_argument("--epochs", type=int, help="probe epochs (default: 100)")
-    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                        help="augment the train images (default: on for dino, off for dogo; off caches features)")
-    parser.add_argument("--n-last-blocks", type=int, default=4, help="ViT blocks whose CLS tokens are concatenated")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the probe (init, shuffling, crops, split)")
-    parser.add_argument("--data", dest="data_name", help="data set to probe on (default: the training data set)")
-    parser.add_argument("--data-root", help="root of that data set")
-    from sslkd.eval.layers import add_layer_args
-
-    add_layer_args(parser)
-    add_output_args(parser)
-    return parser
-
-
 def linear_key(probe: str, data_name: str | None, epochs: int | None, augment: bool | None) -> str:
     """``linear_dogo``; a probe on another data set, for other epochs or augmentation says so in its key."""
     parts = ["linear", probe] + ([data_name] if data_name else []) + ([f"{epochs}ep"] if epochs else [])
     parts += [] if augment is None else ["aug" if augment else "noaug"]
     return "_".join(parts)
-
-
-def cmd_linear(args: argparse.Namespace) -> int:
-    """Run ``sslkd eval linear`` and print one line per member (or the full results as JSON)."""
-    if args.layers:
-        from sslkd.eval.layers import cmd_linear_layers
-
-        return cmd_linear_layers(args)
-    results, wall = timed(linear_of_checkpoint, args.checkpoint, member=args.member, protocol=args.probe,
-                          data_name=args.data_name, data_root=args.data_root, epochs=args.epochs,
-                          augment=args.augment, n_last_blocks=args.n_last_blocks, seed=args.seed)
-    write_outputs(args, results, linear_key(args.probe, args.data_name, args.epochs, args.augment), wall)
-    if args.json:
-        print(json.dumps(results, indent=2))
-        return 0
-    for name, result in results.items():
-        p = result["protocol"]
-        chosen = (f"epoch {p['best_epoch']} chosen by validation top-1 {p['val_top1']:.2f}" if p["n_val"]
-                  else "final epoch")
-        print(f"{name}: linear top-1 {result['linear_top1']:.2f} ({p['name']} protocol, {p['epochs']} epochs, "
-              f"{p['optimizer']} lr {p['lr']:g}, batch {p['batch_size']}, augmentation: {p['augmentation']}; {chosen})")
-    return 0

@@ -10,15 +10,14 @@ its validation split, cut from the train set, carries the noisy labels too (noth
 
 from __future__ import annotations
 
-import argparse
 import copy
 
 import torch
 
 from sslkd.data import build_dataset
 from sslkd.errors import UserError
-from sslkd.eval.checkpoints import add_common_args, finish, load_members, timed
-from sslkd.eval.linear import PROTOCOLS, linear_probe
+from sslkd.eval.checkpoints import load_members
+from sslkd.eval.linear import linear_probe
 
 
 def noisy_labels(labels: torch.Tensor, rate: float, num_classes: int, seed: int,
@@ -67,21 +66,6 @@ def noisy_of_checkpoint(path, rate: float, member: str | None = None, protocol: 
     return results
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("noisy", help="linear probe with a given label-noise rate (DoGo Fig. 3)")
-    add_common_args(parser)
-    parser.add_argument("--rate", type=float, required=True, help="fraction of train labels redrawn, e.g. 0.2")
-    parser.add_argument("--protocol", dest="probe", default="dogo", choices=sorted(PROTOCOLS),
-                        help="linear-probe protocol (default: dogo)")
-    parser.add_argument("--epochs", type=int, help="probe epochs (default: the protocol's)")
-    parser.add_argument("--exclude-true", action="store_true", help="redraw only among the other classes")
-    parser.set_defaults(run=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    results, wall = timed(noisy_of_checkpoint, args.checkpoint, args.rate, args.member, args.probe, args.data_name,
-                          args.data_root, args.epochs, args.exclude_true, args.seed, args.device)
-    key = f"noisy_{args.rate:g}_{args.probe}" + ("_exclude_true" if args.exclude_true else "")
-    return finish(args, results, key, wall, "top1", lambda r: (
-        f"noise rate {r['protocol']['noise_rate']:g}, {100 * r['protocol']['wrong_label_fraction']:.1f}% wrong "
-        f"labels, {r['protocol']['name']} probe"))
+def noisy_key(rate: float, protocol: str, exclude_true: bool = False) -> str:
+    """``noisy_0.2_dogo``; ``noisy_0.2_dogo_exclude_true`` when only the other classes are drawn."""
+    return f"noisy_{rate:g}_{protocol}" + ("_exclude_true" if exclude_true else "")

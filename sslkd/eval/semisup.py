@@ -17,7 +17,6 @@ The checkpoint is never modified: fine-tuning runs on a copy of the member's eva
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import math
@@ -32,7 +31,7 @@ from torchvision.transforms import v2
 from sslkd.data import build_dataset
 from sslkd.data.transforms import EvalTransform
 from sslkd.errors import UserError
-from sslkd.eval.checkpoints import add_common_args, finish, load_members, timed
+from sslkd.eval.checkpoints import load_members
 from sslkd.eval.linear import CROP_SCALE, _with_transform, per_class_draw, split_train_val
 
 
@@ -198,28 +197,6 @@ def semisup_of_checkpoint(path, fraction: float, member: str | None = None, prot
     return results
 
 
-def fraction_key(fraction: float) -> str:
-    """``semisup_1pct`` for 0.01, ``semisup_0.5pct`` for 0.005."""
-    return f"semisup_{100 * fraction:g}pct"
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("semisup", help="fine-tune on a class-balanced label fraction (MOKD Tab. 4, "
-                                                   "DoGo Tab. 2)")
-    add_common_args(parser)
-    parser.add_argument("--fraction", type=float, required=True, help="label fraction, e.g. 0.01 or 0.1")
-    parser.add_argument("--protocol", dest="recipe", default="mokd", choices=sorted(FINETUNE_PROTOCOLS),
-                        help="mokd: SimCLR recipe, batch 1024, 60/30 epochs; dogo: batch 64, 100 epochs, 15%% "
-                             "validation split (default: mokd)")
-    parser.add_argument("--epochs", type=int, help="fine-tuning epochs (default: the protocol's)")
-    parser.add_argument("--batch-size", type=int, help="batch size (default: the protocol's)")
-    parser.set_defaults(run=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    results, wall = timed(semisup_of_checkpoint, args.checkpoint, args.fraction, args.member, args.recipe,
-                          args.data_name, args.data_root, args.epochs, args.batch_size, args.seed, args.device)
-    key = fraction_key(args.fraction) + ("" if args.recipe == "mokd" else f"_{args.recipe}")
-    return finish(args, results, key, wall, "top1", lambda r: (
-        f"{r['protocol']['label_fraction']:g} of the labels, {r['protocol']['n_train']} images, "
-        f"{r['protocol']['epochs']} epochs, {r['protocol']['name']} protocol"))
+def fraction_key(fraction: float, protocol: str = "mokd") -> str:
+    """``semisup_1pct`` for 0.01, ``semisup_0.5pct`` for 0.005; ``semisup_10pct_dogo`` for DoGo's protocol."""
+    return f"semisup_{100 * fraction:g}pct" + ("" if protocol == "mokd" else f"_{protocol}")

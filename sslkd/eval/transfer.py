@@ -13,11 +13,9 @@ Tiny-ImageNet to 32 px), unless ``--image-size`` says otherwise; a ViT only acce
 
 from __future__ import annotations
 
-import argparse
-
 from sslkd.data import build_dataset
 from sslkd.errors import UserError
-from sslkd.eval.checkpoints import add_common_args, finish, load_members, timed
+from sslkd.eval.checkpoints import load_members
 from sslkd.eval.linear import PROTOCOLS, linear_probe, split_train_val
 from sslkd.eval.semisup import FINETUNE_PROTOCOLS, _settings, finetune
 
@@ -61,26 +59,3 @@ def transfer_of_checkpoint(path, data_name: str, data_root: str | None = None, m
 
 def transfer_key(data_name: str, mode: str, protocol: str) -> str:
     return f"transfer_{data_name}_{mode}_{protocol}"
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("transfer", help="linear probe or fine-tuning on another data set (MOKD Tab. 5, "
-                                                    "DoGo Tab. 3, MCL Tab. 4)")
-    add_common_args(parser, data_help="the target data set (required), e.g. cifar100")
-    parser.add_argument("--mode", default="linear", choices=MODES, help="linear probe or fine-tuning")
-    parser.add_argument("--protocol", dest="recipe", default="dogo",
-                        help=f"linear: {', '.join(sorted(PROTOCOLS))}; finetune: "
-                             f"{', '.join(sorted(FINETUNE_PROTOCOLS))} (default: dogo)")
-    parser.add_argument("--epochs", type=int, help="epochs (default: the protocol's; fine-tuning 100 as MOKD)")
-    parser.add_argument("--image-size", type=int, help="resize target images to this (default: pre-training size)")
-    parser.set_defaults(run=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    if not args.data_name:
-        raise UserError("sslkd eval transfer needs the target data set: pass --data NAME (and --data-root)")
-    results, wall = timed(transfer_of_checkpoint, args.checkpoint, args.data_name, args.data_root, args.member,
-                          args.mode, args.recipe, args.epochs, args.image_size, args.seed, args.device)
-    return finish(args, results, transfer_key(args.data_name, args.mode, args.recipe), wall, "top1", lambda r: (
-        f"{r['protocol']['source_dataset']} -> {r['protocol']['target_dataset']}, {r['protocol']['mode']}, "
-        f"{r['protocol']['name']} protocol, {r['protocol']['epochs']} epochs"))

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from sslkd.eval.checkpoints import add_common_args, finish, load_members, timed
+from sslkd.eval.checkpoints import load_members
 from sslkd.eval.features import extract_features
 from sslkd.eval.protocol import eval_loaders
 
@@ -78,18 +76,3 @@ class _reindexed:
         for images, labels, _ in self.loader:
             yield images, labels, torch.arange(start, start + len(images))
             start += len(images)
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("tsne", help="t-SNE of a member's test features, as a PNG")
-    add_common_args(parser)
-    parser.add_argument("--out", required=True, help="PNG path prefix: writes <out>_<member>.png")
-    parser.add_argument("--num-images", type=int, default=2000, help="test images embedded (default 2000)")
-    parser.set_defaults(run=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    results, wall = timed(tsne_of_checkpoint, args.checkpoint, args.out, args.member, args.data_name,
-                          args.data_root, args.num_images, args.seed, args.device)
-    return finish(args, results, "tsne", wall, "png", lambda r: f"t-SNE of {r['protocol']['n_images']} test "
-                                                                f"images written to {r['png']}")

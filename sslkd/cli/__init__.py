@@ -1,6 +1,7 @@
 """Command line: ``sslkd train | eval | compare | reproduce | bench | export | list`` (also ``python -m sslkd``).
 
-Every mistake a user can make ends with one line on stderr naming the problem and the fix, and exit status 2.
+Every mistake a user can make ends with one line on stderr naming the problem and the fix, and exit status 2. The
+``sslkd eval`` protocols' options and commands are in ``sslkd.cli.eval``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from sslkd.cli.eval import add_eval_commands, cmd_eval
 from sslkd.errors import UserError
 
 
@@ -32,23 +34,7 @@ def _parser() -> argparse.ArgumentParser:
                             "like any run (a table's floor)")
     train.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. train.epochs=10")
 
-    evaluate = commands.add_parser("eval", help="evaluate a checkpoint")
-    protocols = evaluate.add_subparsers(dest="protocol", required=True)
-    knn = protocols.add_parser("knn", help="weighted k-NN (DINO protocol) of a checkpoint's members")
-    _add_checkpoint_args(knn)
-    from sslkd.eval.layers import add_layer_args
-
-    add_layer_args(knn)
-    from sslkd.eval.linear import add_linear_parser
-
-    add_linear_parser(protocols)
-    from sslkd.eval.classify import add_classify_parser
-
-    add_classify_parser(protocols)
-    from sslkd.eval import analysis, attention, consistency, layers, noisy, semisup, transfer, tsne
-
-    for module in (semisup, transfer, noisy, consistency, attention, tsne, layers, analysis):
-        module.add_parser(protocols)  # each sets args.run
+    add_eval_commands(commands)
 
     compare = commands.add_parser("compare", help="turn finished runs into a paper-style table")
     compare.add_argument("run_dirs", nargs="*", metavar="RUN_DIR",
@@ -107,18 +93,6 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (holding metrics.jsonl)")
     plot.add_argument("--out-dir", help="where to write the PNGs (default: RUN_DIR/plots)")
     return parser
-
-
-def _add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True,
-                        help="a run directory, or its checkpoints/last.pt, written by sslkd train")
-    parser.add_argument("--member", help="evaluate only this member (default: every member)")
-    parser.add_argument("--data", dest="data_name", help="data set to evaluate on (default: the training data set)")
-    parser.add_argument("--data-root", help="root of that data set")
-    parser.add_argument("--encoder", choices=("auto", "teacher", "student"),
-                        help="which encoder of a member with an EMA teacher to evaluate (default: the run's "
-                             "eval.encoder; auto: the method's authors' choice)")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -236,34 +210,6 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
         tops = ", ".join(f"{name} {m['test_top1']:.2f}" for name, m in summary["members"].items())
         console.print(f"test top-1: {tops}; ensemble {summary['ensemble_test_top1']:.2f}")
     console.print(f"run directory: {run_dir}")
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    from sslkd.eval.linear import cmd_linear
-    from sslkd.eval.protocol import knn_of_checkpoint
-
-    if args.protocol == "linear":
-        return cmd_linear(args)
-    if args.protocol == "classify":
-        from sslkd.eval.classify import cmd_classify
-
-        return cmd_classify(args)
-    if hasattr(args, "run"):
-        return args.run(args)
-    if args.layers:
-        from sslkd.eval.layers import cmd_knn_layers
-
-        return cmd_knn_layers(args)
-    results = knn_of_checkpoint(args.checkpoint, member=args.member, data_name=args.data_name, data_root=args.data_root,
-                                encoder=args.encoder)
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        for name, result in results.items():
-            others = ", ".join(f"k={k}: {v:.2f}" for k, v in result["knn"].items())
-            print(f"{name}: k-NN top-1 {result['knn_top1']:.2f}, top-5 {result['knn_top5']:.2f} "
-                  f"(k=20, T={result['protocol']['knn_temperature']}, {result['protocol']['encoder']}; {others})")
-    return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
