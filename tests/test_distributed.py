@@ -30,6 +30,8 @@ PROCESSES = 2
 COMMON = ["train.epochs=2", "data.train_subset=32", "train.device=cpu", "train.log_every=1", "data.num_workers=0"]
 TINY_WIDTHS = "{widths: [4, 8, 8]}"
 TWO_CNNS = [f"members.small.backbone_args={TINY_WIDTHS}", f"members.large.backbone_args={TINY_WIDTHS}"]
+TWO_TINY_VITS = [f"members.{m}.backbone_args={{img_size: 8, patch_size: 2, depth: 2, embed_dim: 16, num_heads: 2}}"
+                 for m in ("vit_s", "vit_t")]
 TINY_VIT_ONLY = [f"members.vit.backbone_args={TINY_VIT}".replace("'", ""), "members.vit.drop_path_rate=0",
                  "members.vit.optimizer.warmup_epochs=0.5"]
 
@@ -48,6 +50,9 @@ METHODS = {
               "strategy.pred_hidden_dim=16", "strategy.out_dim=8"],
     "combos/dogo_byol_peers": [*TWO_CNNS, "strategy.byol={proj_hidden_dim: 16, pred_hidden_dim: 16, out_dim: 8}"],
     "combos/dogo_mocov3_peers": [*TWO_CNNS, "strategy.mocov3={proj_hidden_dim: 16, pred_hidden_dim: 16, out_dim: 8}"],
+    "combos/sdssl_dino": tiny_overrides("dino"),
+    "combos/mokd_sdssl_layers": [*TWO_TINY_VITS, "strategy.out_dim=16", "strategy.hidden_dim=16", "strategy.bottleneck_dim=8",
+                                 "strategy.thead_dim=16", "strategy.thead_depth=1", "strategy.thead_num_heads=2"],
 }
 ZOO = Path(__file__).resolve().parents[1] / "zoo_configs"
 

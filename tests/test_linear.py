@@ -52,6 +52,12 @@ class ColourMean(Backbone):
     def forward_intermediates(self, x, names=None):
         return {"norm": self(x)}
 
+    def blocks(self):
+        return [("norm", self.norm)]
+
+    def pool_block(self, output):
+        return output.mean((-2, -1))
+
 
 class LoggedDataset(TensorImageDataset):
     """Records which items were read and whether through the probe's un-augmented (eval) transform."""

@@ -16,7 +16,7 @@ from sslkd.errors import UserError
 from sslkd.losses.sdssl import byol_loss, info_nce, isd_loss, nt_xent_to_targets, pred_loss
 from sslkd.registry import STRATEGIES
 from sslkd.strategies.base import StepInfo
-from sslkd.strategies.sdssl import alpha_at, select_layers
+from sslkd.strategies.layerwise import alpha_at, select_layers
 
 INFO = DatasetInfo("fake", 10, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), tuple(str(i) for i in range(10)))
 TINY = ["train.epochs=1", "train.batch_size=16", "train.log_every=1", "data.train_subset=64", "data.num_workers=0",

@@ -7,9 +7,11 @@ Strategies never look inside a network: they ask a ``Backbone`` for its pooled f
 from __future__ import annotations
 
 import abc
+import contextlib
 import difflib
 import re
 from functools import partial
+from typing import Iterator
 
 import math
 
@@ -51,6 +53,32 @@ class Backbone(nn.Module, abc.ABC):
     @abc.abstractmethod
     def forward_intermediates(self, x: torch.Tensor, names: list[str] | None = None) -> dict[str, torch.Tensor]:
         """One pass returning the pooled feature [B, D_name] of each named block (all blocks when None)."""
+
+    @abc.abstractmethod
+    def blocks(self) -> list[tuple[str, nn.Module]]:
+        """(name, module) of every block ``intermediate_names`` lists, input to output."""
+
+    @abc.abstractmethod
+    def pool_block(self, output: torch.Tensor) -> torch.Tensor:
+        """A block's output pooled to [B, D] as ``forward_intermediates`` pools it."""
+
+    @contextlib.contextmanager
+    def capturing(self, names: list[str]) -> Iterator[dict[str, list[torch.Tensor]]]:
+        """Within the block, every pass of this backbone also appends each named block's pooled feature to the
+        yielded ``{name: [one per pass]}`` (forward hooks): a method's own passes give the intermediate features of
+        layer-wise distillation (SDSSL) without another pass. No names: no hooks, nothing changes."""
+        wanted = set(self._wanted(names))
+        captured: dict[str, list[torch.Tensor]] = {name: [] for name in self._wanted(names)}
+
+        def store(name: str, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            captured[name].append(self.pool_block(output))
+
+        handles = [module.register_forward_hook(partial(store, name)) for name, module in self.blocks() if name in wanted]
+        try:
+            yield captured
+        finally:
+            for handle in handles:
+                handle.remove()
 
     def _wanted(self, names: list[str] | None) -> list[str]:
         """The requested block names in network order, rejecting names this backbone does not have."""
@@ -101,6 +129,13 @@ class TimmViT(Backbone):
     def intermediate_names(self) -> list[str]:
         return list(self._names)
 
+    def blocks(self) -> list[tuple[str, nn.Module]]:
+        return list(zip(self._names, self.model.blocks))
+
+    def pool_block(self, output: torch.Tensor) -> torch.Tensor:
+        """The final norm, then timm's pre-logits pooling (``forward_intermediates(norm=True)``'s pooled form)."""
+        return self.model.forward_head(self.model.norm(output), pre_logits=True)
+
     def forward_intermediates(self, x: torch.Tensor, names: list[str] | None = None) -> dict[str, torch.Tensor]:
         wanted = self._wanted(names)
         outputs = self.model.forward_intermediates(
@@ -146,20 +181,17 @@ class TimmSpatial(Backbone):
     def intermediate_names(self) -> list[str]:
         return [name for name, _ in self._blocks]
 
+    def blocks(self) -> list[tuple[str, nn.Module]]:
+        return list(self._blocks)
+
+    def pool_block(self, output: torch.Tensor) -> torch.Tensor:
+        return _spatial_mean(output, self._nhwc)
+
     def forward_intermediates(self, x: torch.Tensor, names: list[str] | None = None) -> dict[str, torch.Tensor]:
         wanted = self._wanted(names)
-        pooled: dict[str, torch.Tensor] = {}
-
-        def store(name: str, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            pooled[name] = _spatial_mean(output, self._nhwc)
-
-        handles = [m.register_forward_hook(partial(store, n)) for n, m in self._blocks if n in wanted]
-        try:
+        with self.capturing(wanted) as pooled:
             self.model.forward_features(x)
-        finally:
-            for handle in handles:
-                handle.remove()
-        return {name: pooled[name] for name in wanted}
+        return {name: pooled[name][-1] for name in wanted}
 
 
 def _square(size: int | tuple[int, int]) -> int | tuple[int, int]:

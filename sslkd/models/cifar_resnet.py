@@ -92,6 +92,12 @@ class _StagedCNN(Backbone):
     def intermediate_names(self) -> list[str]:
         return [f"stages.{i}.{j}" for i, stage in enumerate(self.stages) for j in range(len(stage))]
 
+    def blocks(self) -> list[tuple[str, nn.Module]]:
+        return [(f"stages.{i}.{j}", block) for i, stage in enumerate(self.stages) for j, block in enumerate(stage)]
+
+    def pool_block(self, output: torch.Tensor) -> torch.Tensor:
+        return output.mean((-2, -1))
+
     def forward_intermediates(self, x: torch.Tensor, names: list[str] | None = None) -> dict[str, torch.Tensor]:
         wanted = self._wanted(names)
         pooled = {}

@@ -10,6 +10,10 @@ Options beyond the paper's text (METHODS.md):
 - ``use_bn_in_head``: BatchNorm in the head's MLP (the authors' ``DINOHead(use_bn=...)``; off in their configs).
 - ``norm_last_layer_per_member``: ``norm_last_layer`` of one member's head (the MOKD code builds the ViT's with
   False and the CNN's with True).
+- ``layer_distillation``: SDSSL's layer-wise self-distillation over DINO (``sslkd.strategies.layerwise``): each
+  chosen intermediate block gets a DINO head whose output learns the teacher's centred, sharpened target as the
+  final head's does (SDSSL Eq. 3-4 with DINO's loss). A combination neither paper runs
+  (zoo_configs/combos/sdssl_dino.yaml).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from sslkd.losses.dino import dino_loss
 from sslkd.models.heads import DINOHead
 from sslkd.registry import STRATEGIES
 from sslkd.strategies.base import Centers, Declared, StepInfo, Strategy, group_by_resolution
+from sslkd.strategies.layerwise import LayerDistillation, LayerDistillationOptions
 
 
 @dataclass
@@ -43,6 +48,7 @@ class DINOOptions:
     warmup_teacher_temp_epochs: float = 30
     teacher_temp_schedule: Literal["per_epoch", "per_step"] = "per_epoch"
     center_momentum: float = 0.9
+    layer_distillation: LayerDistillationOptions | None = None
 
 
 def teacher_temperature(step: StepInfo, options: DINOOptions, warmup_epochs: float | None = None) -> float:
@@ -67,10 +73,21 @@ def check_dino_options(options: DINOOptions, members, warmups: dict[str, float])
                 )
 
 
-def dino_head(in_dim: int, options: DINOOptions, member: str) -> DINOHead:
+def dino_head(in_dim: int, options: DINOOptions, member: str, hidden_dim: int | None = None) -> DINOHead:
+    """``member``'s DINO head on features of width ``in_dim`` (``hidden_dim``: the options' unless given)."""
     norm_last_layer = options.norm_last_layer_per_member.get(member, options.norm_last_layer)
-    return DINOHead(in_dim, options.out_dim, options.hidden_dim, options.bottleneck_dim,
+    return DINOHead(in_dim, options.out_dim, hidden_dim or options.hidden_dim, options.bottleneck_dim,
                     norm_last_layer=norm_last_layer, use_bn=options.use_bn_in_head)
+
+
+def layer_distillation(strategy: Strategy) -> LayerDistillation:
+    """The layer-wise distillation of a DINO-based strategy (``strategy.layer_distillation``; none when absent)."""
+    return LayerDistillation(strategy.options.layer_distillation, strategy.crop_sizes()[0])
+
+
+def dino_layer_heads(layers: LayerDistillation, options: DINOOptions, member: str, backbone) -> dict:
+    """One DINO head per distilled block of ``member`` (none without layer distillation)."""
+    return layers.heads(member, backbone, lambda width, hidden: dino_head(width, options, member, hidden))
 
 
 @STRATEGIES.register("dino")
@@ -85,23 +102,29 @@ class DINO(Strategy):
         super().__init__(cfg, info)
         opts = self.options
         check_dino_options(opts, cfg.members, {"warmup_teacher_temp_epochs": opts.warmup_teacher_temp_epochs})
-        self.add_members(lambda name, backbone, rate: {"dino": dino_head(backbone.num_features, opts, name)}, ema_teacher=True)
+        self.layerwise = layer_distillation(self)
+        self.add_members(lambda name, backbone, rate: {"dino": dino_head(backbone.num_features, opts, name),
+                                                       **dino_layer_heads(self.layerwise, opts, name, backbone)},
+                         ema_teacher=self.layerwise.teacher_modules(["backbone", "dino"]))
         self.centers = Centers([f"{name}/dino" for name in self.members], opts.out_dim)
 
     def network_outputs(self, views):
         """Per member: the student head over every crop (one backbone pass per resolution, globals first, then
         one head pass over all their features, as DINO's MultiCropWrapper: head batch-norm sees every crop), the
-        EMA teacher's head over the global crops."""
+        EMA teacher's head over the global crops; with layer distillation, each distilled block's head over the
+        same crops (``layers``, from the same backbone passes)."""
         groups = group_by_resolution(views)
         global_batch = groups[0][2][: self.cfg.data.augment.n_global * views[0].shape[0]]
         outputs = {}
         for name, member in self.members.items():
             student = member.student
-            student_logits = student["dino"](torch.cat([student["backbone"](batch) for _, _, batch in groups]))
+            with self.layerwise.capturing(name, student) as captured:
+                student_logits = student["dino"](torch.cat([student["backbone"](batch) for _, _, batch in groups]))
             with torch.no_grad():
                 teacher = member.teacher.module
                 teacher_logits = teacher["dino"](teacher["backbone"](global_batch))
-            outputs[name] = {"student": student_logits, "teacher": teacher_logits, "n_crops": len(views)}
+            outputs[name] = {"student": student_logits, "teacher": teacher_logits, "n_crops": len(views),
+                             "layers": self.layerwise.outputs(name, student, captured)}
         return outputs
 
     def losses(self, outputs, labels, indices, step):
@@ -110,19 +133,23 @@ class DINO(Strategy):
         losses: dict[str, torch.Tensor] = {}
         for name, out in outputs.items():
             key = f"{name}/dino"
-            losses[f"{name}/loss"] = dino_loss(
-                out["student"], out["teacher"], self.centers[key], out["n_crops"], self.cfg.data.augment.n_global,
-                opts.student_temp, tau_t,
-            )
+            to_teacher = partial(dino_loss, center=self.centers[key], n_student_crops=out["n_crops"],
+                                 n_teacher_crops=self.cfg.data.augment.n_global, student_temp=opts.student_temp,
+                                 teacher_temp=tau_t)
+            losses[f"{name}/loss"] = to_teacher(out["student"], out["teacher"])
+            self.layerwise.add_to(losses, name, out["layers"], out["teacher"], to_teacher, step)
             self.defer(partial(self.centers.update, key, out["teacher"].detach(), opts.center_momentum))
         losses["loss"] = sum(losses[f"{name}/loss"] for name in outputs)
         return losses
 
     def parameter_declarations(self, member):
-        return Declared(last_layer=("dino.last_layer",))
+        return Declared(last_layer=("dino.last_layer", *self.layerwise.last_layers(member)))
 
     def schedule_values(self, step):
-        return {"teacher_temp": teacher_temperature(step, self.options)}
+        values = {"teacher_temp": teacher_temperature(step, self.options)}
+        if self.layerwise.active:
+            values["alpha"] = self.layerwise.weight(step)
+        return values
 
     def after_step(self, step):
         self.update_teachers(step, self.options.momentum_teacher)

@@ -28,6 +28,9 @@ Options for paper/code differences (METHODS.md); the paper-reproduction configs 
   (trainable gain) and the CNN's with True; ``members.<name>.module_optimizers`` (config): the code trains the
   CNN's T-Head in its own parameter group with the ViT's AdamW settings and schedules, e.g.
   ``members.cnn.module_optimizers: {thead: {name: adamw, lr: 3.0e-4, ...}}``.
+- ``layer_distillation`` (DINOOptions): each member's intermediate blocks also distil its own teacher's MLP-Head
+  output the SDSSL way (``sslkd.strategies.layerwise``; L_i gains alpha(t) L_isd_i with L_sm's loss and
+  temperature), a combination neither paper runs (zoo_configs/combos/mokd_sdssl_layers.yaml).
 L_ct takes no centering, as in the code. The members' graphs are disjoint (targets are teachers or detached), so
 one backward of sum_i L_i equals the code's two backward passes.
 """
@@ -46,7 +49,8 @@ from sslkd.losses.dino import dino_loss, feature_search_loss
 from sslkd.models.heads import THead
 from sslkd.registry import STRATEGIES
 from sslkd.strategies.base import Centers, Declared, Member, Strategy, group_by_resolution
-from sslkd.strategies.dino import DINO, DINOOptions, check_dino_options, dino_head, teacher_temperature
+from sslkd.strategies.dino import (DINO, DINOOptions, check_dino_options, dino_head, dino_layer_heads,
+                                   layer_distillation, teacher_temperature)
 
 
 @dataclass
@@ -105,9 +109,11 @@ class MOKD(Strategy):
                 grid=token_grid(backbone, global_size),
                 drop_path_rate=drop_path_rate,
             )
-            return {"dino": dino_head(backbone.num_features, opts, name), "thead": thead}
+            return {"dino": dino_head(backbone.num_features, opts, name), "thead": thead,
+                    **dino_layer_heads(self.layerwise, opts, name, backbone)}
 
-        self.add_members(heads, ema_teacher=True)
+        self.layerwise = layer_distillation(self)
+        self.add_members(heads, ema_teacher=self.layerwise.teacher_modules(["backbone", "dino", "thead"]))
         keys = [f"{name}/dino" for name in self.members]
         self.centers = Centers(keys, opts.out_dim)
         self.thead_centers = Centers([f"{name}/thead" for name in self.members], thead_out)
@@ -127,7 +133,9 @@ class MOKD(Strategy):
             s, t = students[name], teachers[name]
             tau_self = self.self_teacher_temperature(step, name)
             peers = [p for p in self.members if p != name]
-            sm = dino_loss(s["mlp"], t["mlp"], self.centers[f"{name}/dino"], n_crops, 2, opts.student_temp, tau_self)
+            to_own_teacher = partial(dino_loss, center=self.centers[f"{name}/dino"], n_student_crops=n_crops,
+                                     n_teacher_crops=2, student_temp=opts.student_temp, teacher_temp=tau_self)
+            sm = to_own_teacher(s["mlp"], t["mlp"])
             st = dino_loss(s["thead"], t["thead"], self.thead_centers[f"{name}/thead"], n_crops, 2, opts.student_temp, tau_self)
             cm = sum(
                 dino_loss(s["mlp"], teachers[p]["mlp"], self.centers[f"{p}/dino"], n_crops, 2, opts.student_temp, tau_cross)
@@ -138,6 +146,7 @@ class MOKD(Strategy):
             ) / len(peers)
             losses.update({f"{name}/sm": sm, f"{name}/st": st, f"{name}/cm": cm, f"{name}/ct": ct})
             losses[f"{name}/loss"] = sm + st + member.cfg.distill_weight * (cm + ct)
+            self.layerwise.add_to(losses, name, s["layers"], t["mlp"], to_own_teacher, step)
 
         for name in self.members:
             self.defer(partial(self.centers.update, f"{name}/dino", teachers[name]["mlp"].detach(), opts.center_momentum))
@@ -146,12 +155,15 @@ class MOKD(Strategy):
         return losses
 
     def parameter_declarations(self, member):
-        """Both heads' last layers are held still in the first epochs (the code freezes every ``last_layer``)."""
-        return Declared(last_layer=("dino.last_layer", "thead.last_layer"))
+        """Both heads' last layers are held still in the first epochs (the code freezes every ``last_layer``), and
+        so are the layer heads' with layer distillation."""
+        return Declared(last_layer=("dino.last_layer", "thead.last_layer", *self.layerwise.last_layers(member)))
 
     def schedule_values(self, step):
         values = {f"teacher_temp/{name}/self": self.self_teacher_temperature(step, name) for name in self.members}
         values["teacher_temp/cross"] = teacher_temperature(step, self.options)
+        if self.layerwise.active:
+            values["alpha"] = self.layerwise.weight(step)
         return values
 
     def network_outputs(self, views):
@@ -163,7 +175,7 @@ class MOKD(Strategy):
         global_batch = groups[0][2][: 2 * batch]
         students, teachers = {}, {}
         for name, member in self.members.items():
-            students[name] = self._student_outputs(member.student, groups)
+            students[name] = self._student_outputs(name, member.student, groups)
             with torch.no_grad():
                 teachers[name] = self._teacher_outputs(member.teacher.module, global_batch)
         searched = {
@@ -177,17 +189,19 @@ class MOKD(Strategy):
     def after_step(self, step):
         self.update_teachers(step, self.options.momentum_teacher)
 
-    @staticmethod
-    def _student_outputs(student: nn.ModuleDict, groups) -> dict[str, torch.Tensor]:
+    def _student_outputs(self, name: str, student: nn.ModuleDict, groups) -> dict:
         """Both heads over every crop and the pooled features for queries: one backbone and T-Head pass per
-        resolution (their token grids differ), one MLP-Head pass over every crop's pooled feature (DINO)."""
+        resolution (their token grids differ), one MLP-Head pass over every crop's pooled feature (DINO); with
+        layer distillation, each distilled block's head over the same crops, from the same passes."""
         pooled, thead = [], []
-        for _, _, batch in groups:
-            feats, tokens, grid = student["backbone"].forward_tokens(batch)
-            pooled.append(feats)
-            thead.append(student["thead"](tokens, grid))
+        with self.layerwise.capturing(name, student) as captured:
+            for _, _, batch in groups:
+                feats, tokens, grid = student["backbone"].forward_tokens(batch)
+                pooled.append(feats)
+                thead.append(student["thead"](tokens, grid))
         pooled = torch.cat(pooled)
-        return {"pooled": pooled, "mlp": student["dino"](pooled), "thead": torch.cat(thead)}
+        return {"pooled": pooled, "mlp": student["dino"](pooled), "thead": torch.cat(thead),
+                "layers": self.layerwise.outputs(name, student, captured)}
 
     @staticmethod
     def _teacher_outputs(teacher: nn.ModuleDict, global_batch: torch.Tensor) -> dict[str, torch.Tensor]:

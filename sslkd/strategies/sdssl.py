@@ -58,13 +58,13 @@ from typing import Literal
 import torch
 from torch import nn
 
-from sslkd.core.schedules import cosine
 from sslkd.errors import UserError
 from sslkd.losses.contrastive import nt_xent
 from sslkd.losses.sdssl import byol_loss, info_nce, isd_loss, nt_xent_to_targets, pred_loss
 from sslkd.registry import STRATEGIES
 from sslkd.strategies.base import Strategy
 from sslkd.strategies.byol import BYOLOptions, MLPHead, byol_views, view_passes
+from sslkd.strategies.layerwise import alpha_at, block_key, layer_dims, select_layers
 from sslkd.strategies.mocov3 import MoCoV3Options
 
 
@@ -86,56 +86,6 @@ class SDSSLOptions:
     momentum_teacher: float = 0.996
     simclr_loss: Literal["info_nce", "nt_xent"] = "info_nce"
     concat_views: bool = False
-
-
-def alpha_at(step: int, total_steps: int, final: float, schedule: str = "cosine") -> float:
-    """The weight of L_isd at ``step``: a half-cosine from 0 to ``final`` over training, or ``final`` throughout."""
-    return cosine(step, total_steps, 0.0, final) if schedule == "cosine" else final
-
-
-def select_layers(names: list[str], layers: str | list, stride: int = 1) -> list[str]:
-    """The intermediate blocks to distil, in network order, from a backbone's block ``names`` (the last is final)."""
-    intermediate = names[:-1]
-    if stride < 1:
-        raise UserError(f"strategy.layer_stride={stride} must be >= 1 (1 distils every layer)")
-    if layers == "all":
-        return [n for i, n in enumerate(intermediate, start=1) if i % stride == 0]
-    chosen = set()
-    for layer in layers:
-        if isinstance(layer, int):
-            if not 1 <= layer <= len(intermediate):
-                raise UserError(
-                    f"strategy.layers has layer {layer}, but this backbone has intermediate layers 1..{len(intermediate)} "
-                    f"(layer {len(names)} is the final one, always trained by L_ssl); use numbers in that range"
-                )
-            chosen.add(intermediate[layer - 1])
-        elif layer in intermediate:
-            chosen.add(layer)
-        else:
-            raise UserError(
-                f"strategy.layers names {layer!r}, which is not an intermediate block of this backbone; "
-                f"use 1-based numbers or names among {intermediate}"
-            )
-    return [n for n in intermediate if n in chosen]
-
-
-def _key(block: str) -> str:
-    """A block name as a module key (ModuleDict keys cannot hold dots)."""
-    return block.replace(".", "_")
-
-
-@torch.no_grad()
-def _layer_dims(backbone: nn.Module, names: list[str], size: int) -> dict[str, int]:
-    """Feature width of each named block (ResNet stages differ), from one pass in eval mode (BN stats untouched)."""
-    if not names:
-        return {}
-    was_training = backbone.training
-    backbone.eval()
-    try:
-        pooled = backbone.forward_intermediates(torch.zeros(1, 3, size, size), names)
-    finally:
-        backbone.train(was_training)
-    return {name: feat.shape[1] for name, feat in pooled.items()}
 
 
 @dataclass
@@ -194,17 +144,17 @@ class SDSSL(Strategy):
 
         def heads(name: str, backbone: nn.Module, drop_path_rate: float) -> dict[str, nn.Module]:
             layers = select_layers(backbone.intermediate_names(), opts.layers, opts.layer_stride)
-            dims = _layer_dims(backbone, layers, size)
+            dims = layer_dims(backbone, layers, size)
             modules: dict[str, nn.Module] = {
                 "projector": MLPHead(3, backbone.num_features, opts.out_dim, opts.proj_hidden_dim, opts.last_bn),
                 "layer_projectors": nn.ModuleDict({
-                    _key(n): MLPHead(opts.layer_proj_layers, dims[n], opts.out_dim, opts.layer_proj_hidden_dim,
+                    block_key(n): MLPHead(opts.layer_proj_layers, dims[n], opts.out_dim, opts.layer_proj_hidden_dim,
                                      opts.last_bn) for n in layers}),
             }
             if self.has_predictor:
                 modules["predictor"] = MLPHead(2, opts.out_dim, opts.out_dim, opts.pred_hidden_dim, opts.last_bn)
                 modules["layer_predictors"] = nn.ModuleDict({
-                    _key(n): MLPHead(2, opts.out_dim, opts.out_dim, opts.pred_hidden_dim, opts.last_bn)
+                    block_key(n): MLPHead(2, opts.out_dim, opts.out_dim, opts.pred_hidden_dim, opts.last_bn)
                     for n in layers})
             return modules
 
@@ -228,10 +178,10 @@ class SDSSL(Strategy):
         layers, final = self.layer_names[name], self.final_names[name]
         pooled = student["backbone"].forward_intermediates(view, layers + [final])
         h_final = student["projector"](pooled[final])
-        h_layers = [student["layer_projectors"][_key(n)](pooled[n]) for n in layers]
+        h_layers = [student["layer_projectors"][block_key(n)](pooled[n]) for n in layers]
         if not self.has_predictor:
             return LayerOutputs(h_final, h_final, h_layers, h_layers)
-        q_layers = [student["layer_predictors"][_key(n)](h) for n, h in zip(layers, h_layers)]
+        q_layers = [student["layer_predictors"][block_key(n)](h) for n, h in zip(layers, h_layers)]
         return LayerOutputs(h_final, student["predictor"](h_final), h_layers, q_layers)
 
     def embed_views(self, name: str, views: list[torch.Tensor]) -> list[LayerOutputs]:
@@ -253,7 +203,7 @@ class SDSSL(Strategy):
     def predictors(self, name: str) -> list[nn.Module]:
         """pred_l of every distilled layer, then the final predictor (Eq. 5 sums over l = 1..L)."""
         student = self.members[name].student
-        return [student["layer_predictors"][_key(n)] for n in self.layer_names[name]] + [student["predictor"]]
+        return [student["layer_predictors"][block_key(n)] for n in self.layer_names[name]] + [student["predictor"]]
 
     def network_outputs(self, views) -> dict[str, SDSSLOutputs]:
         """Per member: the student's layer outputs on both views and the targets z_L of both views."""
