@@ -19,7 +19,10 @@ moment of machine load (A, B, A, B, ...). Medians over the pairs, wall and proce
 
 Equal work is checked in one more process per side: parameter count (students and teachers), images through
 every backbone per step (forward hooks), FLOPs of one whole step (``torch.utils.flop_counter``), and the peak
-resident memory of a process that ran only that side.
+resident memory of a process that ran only that side. That process also profiles one step (``torch.profiler``)
+and sums the self CPU time of the dense kernels (``DENSE_KERNELS``: matrix products and convolutions), which equal
+work makes the same on both sides: the official step over sslkd's dense-kernel time is the speed-up sslkd would
+reach if it spent nothing else (the *ceiling* column).
 
 What cannot run as written on a CPU, or with today's packages, is patched at run time only, listed in
 ``PATCHES`` and printed in the report. Logging sinks (TensorBoard, Lightning's logger) get no-op writers: sslkd's
@@ -55,6 +58,10 @@ REPO = Path(__file__).resolve().parents[1]
 OUTPUT = REPO / "results" / "benchmarks_official.md"
 TARGET_SPEEDUP = 1.25
 NOTES_MARKER = "<!-- notes below this line are written by hand and kept when the page is regenerated -->"
+DENSE_KERNELS = frozenset({
+    "aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::mkldnn_convolution", "aten::convolution_backward",
+    "aten::_slow_conv2d_forward", "aten::_slow_conv2d_backward",
+})
 
 
 @dataclass(frozen=True)
@@ -473,13 +480,16 @@ def worker_work(method: str, checkout: Path, side: str) -> dict:
         flops = FlopCounterMode(display=False)
         measured = {}
 
-        def around(i: int) -> None:  # step 0 warms up, step 1 is counted, step 2 runs plain
+        profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+
+        def around(i: int) -> None:  # step 0 warms up, step 1 is counted, step 2 is profiled
             if i == 1:
                 counter.images = 0
                 flops.__enter__()
             if i == 2:
                 flops.__exit__(None, None, None)
                 measured["images"] = counter.images
+                profiler.__enter__()
 
         if side == "sslkd":
             for i in range(3):
@@ -488,6 +498,7 @@ def worker_work(method: str, checkout: Path, side: str) -> dict:
         else:
             with contextlib.redirect_stdout(io.StringIO()):
                 built.run(InterleavedLoader(built.batch, 3, around))
+        profiler.__exit__(None, None, None)
         counter.remove()
         overhead = None
         if side == "sslkd":
@@ -504,7 +515,15 @@ def worker_work(method: str, checkout: Path, side: str) -> dict:
         "gflops": flops.get_total_flops() / 1e9,
         "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "overhead_ratio_cpu": overhead,
+        **dense_kernel_share(profiler),
     }
+
+
+def dense_kernel_share(profiler) -> dict:
+    """Self CPU seconds of one profiled step in ``DENSE_KERNELS``, and of all its operators."""
+    ops = profiler.key_averages()
+    return {"dense_kernel_s": sum(op.self_cpu_time_total for op in ops if op.key in DENSE_KERNELS) / 1e6,
+            "profiled_op_s": sum(op.self_cpu_time_total for op in ops) / 1e6}
 
 
 # ------------------------------------------------------------------------------------------- orchestration
@@ -526,7 +545,7 @@ def dirty() -> bool:
     return bool(found.stdout.strip())
 
 
-def measure(method: str, checkout: Path, pairs: int, warmup: int) -> dict:
+def measure(method: str, checkout: Path, pairs: int, warmup: int, note: str | None) -> dict:
     print(f"[{method}] timing {pairs} interleaved pairs ...", flush=True)
     timing = run_worker([method, str(checkout), "time", "--pairs", str(pairs), "--warmup", str(warmup)])
     print(f"[{method}] work and memory, each side alone ...", flush=True)
@@ -535,7 +554,8 @@ def measure(method: str, checkout: Path, pairs: int, warmup: int) -> dict:
     print(f"[{method}] sslkd {speedup:.2f}x faster (wall), {timing['official_cpu_s'] / timing['sslkd_cpu_s']:.2f}x (CPU)", flush=True)
     return {"method": method, "checkout": str(checkout), "commit": checkout_commit(checkout), **timing, "work": work,
             "setting": SETTINGS[method].describe, "sslkd": checkout_commit(REPO) + (" + uncommitted changes" if dirty() else ""),
-            "measured": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M UTC"), "threads": torch.get_num_threads()}
+            "measured": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M UTC"), "threads": torch.get_num_threads(),
+            "note": note}
 
 
 def format_page(rows: list[dict], command: str, pairs: int) -> str:
@@ -549,7 +569,8 @@ def format_page(rows: list[dict], command: str, pairs: int) -> str:
         "```",
         "",
         f"On {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), torch "
-        f"{torch.__version__}, 2 threads, fp32, synthetic inputs. Each method: both sides "
+        f"{torch.__version__}, {', '.join(sorted({str(r['threads']) for r in rows}))} threads, fp32, synthetic "
+        "inputs. Each method: both sides "
         f"built in one process, their steps interleaved (official, sslkd, official, ...), {pairs} timed pairs after "
         "a warm-up pair, medians. *Speed-up* = official median step time / sslkd's (wall clock); *CPU ratio* = the "
         f"same for process CPU time, which waiting for a busy core does not inflate. Target: >= {TARGET_SPEEDUP}x.",
@@ -569,30 +590,44 @@ def format_page(rows: list[dict], command: str, pairs: int) -> str:
         "Equal work, each side measured alone in a fresh process: parameters of students and teachers (trainable in "
         "brackets), images through all backbones in one step, FLOPs of one whole step (forward, backward, optimiser; "
         "`torch.utils.flop_counter`), and the peak resident memory of that process. *sslkd overhead* is `sslkd bench`'s "
-        "CPU-time ratio (full step / network passes) at this setting.",
+        "CPU-time ratio (full step / network passes) at this setting. *Dense kernels* = self CPU time of one profiled "
+        "step in matrix products and convolutions (`DENSE_KERNELS`), official / sslkd, with their share of all "
+        "profiled operator time; *ceiling* = the official step's profiled operator time / sslkd's dense-kernel "
+        "time: the speed-up sslkd would reach if it spent nothing outside those kernels.",
         "",
         "| method | params official | params sslkd | backbone images official / sslkd | GFLOP official | GFLOP sslkd | "
-        "peak MB official | peak MB sslkd | sslkd overhead |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "peak MB official | peak MB sslkd | sslkd overhead | dense kernels s official / sslkd (share) | ceiling |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         o, s = row["work"]["official"], row["work"]["sslkd"]
         lines.append(
             f"| {row['method']} | {o['params'] / 1e6:.2f}M ({o['trainable_params'] / 1e6:.2f}M) | "
             f"{s['params'] / 1e6:.2f}M ({s['trainable_params'] / 1e6:.2f}M) | {o['backbone_images']} / {s['backbone_images']} | "
-            f"{o['gflops']:.1f} | {s['gflops']:.1f} | {o['peak_mb']:.0f} | {s['peak_mb']:.0f} | {s['overhead_ratio_cpu']:.2f} |"
+            f"{o['gflops']:.1f} | {s['gflops']:.1f} | {o['peak_mb']:.0f} | {s['peak_mb']:.0f} | {s['overhead_ratio_cpu']:.2f} | "
+            f"{dense_kernel_cells(o, s)}"
         )
     lines += ["", "When, with which sslkd, against which checkout:", ""]
     for row in rows:
-        lines.append(f"- **{row['method']}**: measured {row['measured']}, sslkd {row['sslkd']}, {row['pairs']} pairs; "
-                     f"authors' code `{row['checkout']}` at {row['commit']}")
+        conditions = f"; {row['note']}" if row.get("note") else ""
+        lines.append(f"- **{row['method']}**: measured {row['measured']}, sslkd {row['sslkd']}, {row['pairs']} pairs, "
+                     f"{row['threads']} threads; authors' code `{row['checkout']}` at {row['commit']}{conditions}")
     lines += ["", "Run-time patches applied to the authors' code (nothing else is changed):", ""]
-    lines += [""] + [f"- all: {patch}" for patch in PATCHES["all"]]
+    lines += [f"- all: {patch}" for patch in PATCHES["all"]]
     for row in rows:
         lines += [f"- {row['method']}: {patch}" for patch in PATCHES[row["method"]]]
     missed = [r["method"] for r in rows if r["official_s"] / r["sslkd_s"] < TARGET_SPEEDUP]
     lines += ["", f"Below the {TARGET_SPEEDUP}x target: {', '.join(missed) if missed else 'none'}.", ""]
     return "\n".join(lines)
+
+
+def dense_kernel_cells(official: dict, ours: dict) -> str:
+    """The dense-kernel and ceiling cells; rows measured before the tool profiled have neither."""
+    if "dense_kernel_s" not in ours:
+        return "n/a | n/a |"
+    share = f"{official['dense_kernel_s'] / official['profiled_op_s']:.0%} / {ours['dense_kernel_s'] / ours['profiled_op_s']:.0%}"
+    return (f"{official['dense_kernel_s']:.2f} / {ours['dense_kernel_s']:.2f} ({share}) | "
+            f"{official['profiled_op_s'] / ours['dense_kernel_s']:.2f}x |")
 
 
 def write_page(page: str, output: Path) -> None:
@@ -616,6 +651,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
                         help="take these methods' rows from the .json of another run (e.g. methods measured in "
                              "parallel into other --output files), then measure the methods given, if any")
+    parser.add_argument("--note", help="the conditions of this run, shown beside each method it measures "
+                                         "(e.g. 'quiet machine: background training paused')")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -639,12 +676,15 @@ def main(argv: list[str] | None = None) -> int:
         rows.update(json.loads(other.read_text()))
     store.write_text(json.dumps(rows, indent=1))
     for method, path in chosen.items():
-        rows[method] = measure(method, path, args.pairs, args.warmup)
+        rows[method] = measure(method, path, args.pairs, args.warmup, args.note)
         store.write_text(json.dumps(rows, indent=1))
     rows = [rows[m] for m in SETTINGS if m in rows]
     command = "python tools/bench_official.py " + " ".join(f"--{r['method']} {r['checkout']}" for r in rows)
     if args.pairs != 10:
         command += f" --pairs {args.pairs}"
+    notes = {r.get("note") for r in rows}
+    if len(notes) == 1 and None not in notes:
+        command += f" --note '{notes.pop()}'"
     write_page(format_page(rows, command, args.pairs), args.output)
     print(f"wrote {args.output} and {store}")
     return 0
