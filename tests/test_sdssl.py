@@ -217,3 +217,28 @@ def test_concat_views_is_one_pass_with_batch_statistics_over_both_views():
 def test_simclr_loss_needs_the_simclr_base():
     with pytest.raises(UserError, match="simclr_loss"):
         build(extra=["strategy.base=mocov3", "strategy.simclr_loss=nt_xent"])
+
+
+def test_heads_on_stacked_views_compute_what_one_pass_per_view_does():
+    import copy
+
+    from sslkd.strategies.byol import MLPHead
+
+    torch.manual_seed(0)
+    head = MLPHead(3, 8, 4, 16, last_bn=True)
+    stacked_head = copy.deepcopy(head)
+    views = [torch.randn(6, 8), torch.randn(6, 8)]
+    per_view = torch.cat([head(view) for view in views])
+    stacked = stacked_head.forward_views(torch.cat(views), [6, 6])
+    assert torch.allclose(stacked, per_view, atol=1e-6)
+    for a, b in zip(head.buffers(), stacked_head.buffers()):  # running statistics: each view's, in view order
+        assert torch.allclose(a.float(), b.float(), atol=1e-7)
+
+
+def test_only_a_backbone_without_batch_statistics_or_random_draws_takes_views_in_one_pass():
+    from sslkd.models.backbones import build_backbone, computes_each_image_alone
+
+    vit = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 24, "num_heads": 2}  # depth 2: block 2 drops paths
+    assert computes_each_image_alone(build_backbone("vit_tiny_patch16_224", **vit))
+    assert not computes_each_image_alone(build_backbone("vit_tiny_patch16_224", **vit, drop_path_rate=0.1))
+    assert not computes_each_image_alone(build_backbone("cifar_resnet20"))

@@ -94,6 +94,20 @@ class Backbone(nn.Module, abc.ABC):
         return [n for n in known if n in requested]
 
 
+def computes_each_image_alone(network: nn.Module) -> bool:
+    """Whether ``network`` in training mode gives each image the output it would give in any other batch and draws
+    no random numbers: no batch norm (statistics over the batch), no active dropout, drop-path or patch dropout
+    (random draws per image). Then one pass over views concatenated computes the same as one pass per view, in
+    fewer and larger operations, with no per-view gradient sums."""
+    for module in network.modules():
+        stochastic = (isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0
+                      or getattr(module, "drop_prob", 0) > 0
+                      or isinstance(module, timm.layers.PatchDropout) and module.prob > 0)
+        if isinstance(module, nn.modules.batchnorm._NormBase) or stochastic:
+            return False
+    return True
+
+
 def _spatial_mean(feat: torch.Tensor, channels_last_layout: bool) -> torch.Tensor:
     return feat.mean((1, 2)) if channels_last_layout else feat.mean((-2, -1))
 

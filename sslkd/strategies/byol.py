@@ -67,6 +67,17 @@ class MLPHead(nn.Sequential):
                 layers.append(nn.BatchNorm1d(out_dim, affine=False))
         super().__init__(*layers)
 
+    def forward_views(self, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+        """The head on views stacked in ``x`` (``sizes`` rows each), as one pass per view computes it: every batch
+        norm sees one view's rows (in view order, so running statistics update as before), while the linear layers
+        take all rows at once (larger products, one weight gradient instead of a sum of one per view)."""
+        if len(sizes) == 1:
+            return self(x)
+        for layer in self:
+            per_view = isinstance(layer, nn.modules.batchnorm._BatchNorm)  # also its SyncBatchNorm under DDP
+            x = torch.cat([layer(part) for part in x.split(sizes)]) if per_view else layer(x)
+        return x
+
 
 def byol_views(strategy: Strategy, n_views: int = 2) -> SimCLRTransform:
     """BYOL's two asymmetric views (also MoCo v3's and SDSSL's) at the training crop size, repeated as pairs for

@@ -61,6 +61,7 @@ from torch import nn
 from sslkd.errors import UserError
 from sslkd.losses.contrastive import nt_xent
 from sslkd.losses.sdssl import byol_loss, info_nce, isd_loss, nt_xent_to_targets, pred_loss
+from sslkd.models.backbones import computes_each_image_alone
 from sslkd.registry import STRATEGIES
 from sslkd.strategies.base import Strategy
 from sslkd.strategies.byol import BYOLOptions, MLPHead, byol_views, view_passes
@@ -176,29 +177,50 @@ class SDSSL(Strategy):
         """The student's projections and predictions of every distilled layer and the final one, in one pass."""
         student = self.members[name].student
         layers, final = self.layer_names[name], self.final_names[name]
-        pooled = student["backbone"].forward_intermediates(view, layers + [final])
-        h_final = student["projector"](pooled[final])
-        h_layers = [student["layer_projectors"][block_key(n)](pooled[n]) for n in layers]
+        return self.heads(name, student["backbone"].forward_intermediates(view, layers + [final]), [view.shape[0]])
+
+    def heads(self, name: str, pooled: dict[str, torch.Tensor], sizes: list[int]) -> LayerOutputs:
+        """The student's projections and predictions from its blocks' pooled features of views stacked in ``sizes``
+        rows each, every batch norm over one view's rows (``MLPHead.forward_views``)."""
+        student = self.members[name].student
+        layers, final = self.layer_names[name], self.final_names[name]
+        h_final = student["projector"].forward_views(pooled[final], sizes)
+        h_layers = [student["layer_projectors"][block_key(n)].forward_views(pooled[n], sizes) for n in layers]
         if not self.has_predictor:
             return LayerOutputs(h_final, h_final, h_layers, h_layers)
-        q_layers = [student["layer_predictors"][block_key(n)](h) for n, h in zip(layers, h_layers)]
-        return LayerOutputs(h_final, student["predictor"](h_final), h_layers, q_layers)
+        q_layers = [student["layer_predictors"][block_key(n)].forward_views(h, sizes) for n, h in zip(layers, h_layers)]
+        return LayerOutputs(h_final, student["predictor"].forward_views(h_final, sizes), h_layers, q_layers)
 
     def embed_views(self, name: str, views: list[torch.Tensor]) -> list[LayerOutputs]:
         """``embed`` of each view: one pass per view, or one over the views concatenated (``concat_views``, the
-        SDSSL code's SimCLR: batch-norm statistics over 2N), split back per view."""
-        if not self.options.concat_views:
-            return [self.embed(name, view) for view in views]
-        return self.embed(name, torch.cat(views)).split([view.shape[0] for view in views])
+        SDSSL code's SimCLR: batch-norm statistics over 2N), split back per view. Without ``concat_views`` the
+        heads still take the views stacked, each batch norm over one view's N rows (``MLPHead.forward_views``),
+        and so does a backbone that computes each image alone (a ViT): the same outputs in fewer, larger
+        operations."""
+        if self.options.concat_views:
+            return self.embed(name, torch.cat(views)).split([view.shape[0] for view in views])
+        backbone = self.members[name].student["backbone"]
+        names = self.layer_names[name] + [self.final_names[name]]
+        sizes = [view.shape[0] for view in views]
+        if computes_each_image_alone(backbone):
+            pooled = backbone.forward_intermediates(torch.cat(views), names)
+        else:
+            per_view = [backbone.forward_intermediates(view, names) for view in views]
+            pooled = {n: torch.cat([features[n] for features in per_view]) for n in names}
+        return self.heads(name, pooled, sizes).split(sizes)
 
     def targets(self, name: str, views: list[torch.Tensor], outputs: list[LayerOutputs]) -> list[torch.Tensor]:
-        """z_L of each view: the EMA teacher's final projection (no gradient), or SimCLR's own h_L."""
+        """z_L of each view: the EMA teacher's final projection (no gradient), or SimCLR's own h_L; the views go
+        through the teacher as through the student (``embed_views``)."""
         if not self.has_teacher:
             return [out.h_final for out in outputs]
         teacher = self.members[name].teacher.module
         with torch.no_grad():
-            return view_passes(lambda x: teacher["projector"](teacher["backbone"](x)), views,
-                               self.options.concat_views)
+            if self.options.concat_views:
+                return view_passes(lambda x: teacher["projector"](teacher["backbone"](x)), views, concat=True)
+            sizes = [view.shape[0] for view in views]
+            features = view_passes(teacher["backbone"], views, concat=computes_each_image_alone(teacher["backbone"]))
+            return list(teacher["projector"].forward_views(torch.cat(features), sizes).split(sizes))
 
     def predictors(self, name: str) -> list[nn.Module]:
         """pred_l of every distilled layer, then the final predictor (Eq. 5 sums over l = 1..L)."""
