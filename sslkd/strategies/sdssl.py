@@ -42,7 +42,9 @@ Options (``strategy:``), defaults from the paper; the paper-reproduction configs
   ``momentum_teacher`` (0.996).
 - ``simclr_loss: info_nce | nt_xent`` (SimCLR base only; default info_nce, Algorithm 1's form; nt_xent is the code's).
 - ``concat_views`` (False): one backbone pass over both views concatenated, batch-norm statistics over 2N (the
-  code's SimCLR), instead of one pass per view (the code's MoCo v3 and BYOL).
+  code's SimCLR), instead of one pass per view (the code's MoCo v3 and BYOL). Without it, a backbone that
+  computes each image alone (a ViT without drop-path) still takes both views in one pass, and the heads take them
+  stacked with batch-norm statistics per view: what one pass per view computes, in fewer, larger operations.
 ViT details of the code are backbone options (``members.<m>.backbone_args``): ``freeze_patch_embed: true`` (a fixed
 random patch projection) and ``pos_embed: sincos`` (fixed 2-D sine-cosine position embeddings), Sec. 4.1.
 
