@@ -67,13 +67,12 @@ class Backbone(nn.Module, abc.ABC):
         """Within the block, every pass of this backbone also appends each named block's pooled feature to the
         yielded ``{name: [one per pass]}`` (forward hooks): a method's own passes give the intermediate features of
         layer-wise distillation (SDSSL) without another pass. No names: no hooks, nothing changes."""
-        wanted = set(self._wanted(names))
         captured: dict[str, list[torch.Tensor]] = {name: [] for name in self._wanted(names)}
 
         def store(name: str, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
             captured[name].append(self.pool_block(output))
 
-        handles = [module.register_forward_hook(partial(store, name)) for name, module in self.blocks() if name in wanted]
+        handles = [module.register_forward_hook(partial(store, name)) for name, module in self.blocks() if name in captured]
         try:
             yield captured
         finally:
