@@ -164,10 +164,14 @@ class SDSSL(Strategy):
         self.add_members(heads, ema_teacher=["backbone", "projector"] if self.has_teacher else False)
         self.layer_names: dict[str, list[str]] = {}
         self.final_names: dict[str, str] = {}
+        self.views_in_one_pass: dict[str, tuple[bool, bool]] = {}
         for name, member in self.members.items():
             names = member.backbone.intermediate_names()
             self.layer_names[name] = select_layers(names, opts.layers, opts.layer_stride)
             self.final_names[name] = names[-1]
+            teacher = member.teacher.module["backbone"] if member.teacher is not None else None
+            self.views_in_one_pass[name] = (computes_each_image_alone(member.student["backbone"]),
+                                            teacher is not None and computes_each_image_alone(teacher))
 
     def base_loss(self, q: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """L_ssl(q, sg(z)) of the base, one direction: BYOL's Eq. 1, else the InfoNCE of Eq. 2."""
@@ -204,7 +208,7 @@ class SDSSL(Strategy):
         backbone = self.members[name].student["backbone"]
         names = self.layer_names[name] + [self.final_names[name]]
         sizes = [view.shape[0] for view in views]
-        if computes_each_image_alone(backbone):
+        if self.views_in_one_pass[name][0]:
             pooled = backbone.forward_intermediates(torch.cat(views), names)
         else:
             per_view = [backbone.forward_intermediates(view, names) for view in views]
@@ -221,7 +225,7 @@ class SDSSL(Strategy):
             if self.options.concat_views:
                 return view_passes(lambda x: teacher["projector"](teacher["backbone"](x)), views, concat=True)
             sizes = [view.shape[0] for view in views]
-            features = view_passes(teacher["backbone"], views, concat=computes_each_image_alone(teacher["backbone"]))
+            features = view_passes(teacher["backbone"], views, concat=self.views_in_one_pass[name][1])
             return list(teacher["projector"].forward_views(torch.cat(features), sizes).split(sizes))
 
     def predictors(self, name: str) -> list[nn.Module]:
