@@ -232,9 +232,23 @@ def sslkd(argv: list[str]) -> None:
 RECORD_FILES = ("summary.json", "config.yaml", "metrics.jsonl")
 
 
-def train(config: str, run_dir: Path, overrides: list[str], log, records: Path | None = None) -> str:
+def train(config: str, run_dir: Path, overrides: list[str], log, records: Path | None = None,
+          wait: bool = False) -> str:
     """Skip a finished run, restore one finished elsewhere from its committed ``records`` (a fresh clone has no
-    runs/), resume an interrupted one, else start it; returns what it did."""
+    runs/), resume an interrupted one, else start it; returns what it did. A run that another process is training
+    (e.g. a second ``sslkd reproduce`` of the same table, taking the runs this one has not) is left to it ("busy"),
+    or waited for when ``wait``."""
+    from sslkd.core.rundir import RunBusy, RunDir
+
+    try:
+        with RunDir(run_dir).hold(wait):
+            return _train_held(config, run_dir, overrides, log, records)
+    except RunBusy as exc:
+        log(f"busy    {run_dir} ({exc})")
+        return "busy"
+
+
+def _train_held(config: str, run_dir: Path, overrides: list[str], log, records: Path | None) -> str:
     if (run_dir / "summary.json").is_file():
         log(f"skip    {run_dir} (finished)")
         return "skip"
@@ -353,18 +367,34 @@ def check(plan: Plan) -> None:
 
 
 def run_plan(plan: Plan, log=print) -> list[tuple[str, str]]:
-    """Train, evaluate, copy the run records and write the tables; returns the (action, target) done."""
+    """Train, evaluate, copy the run records and write the tables; returns the (action, target) done. Several
+    processes may run one table at once: each trains the runs the others are not training, then waits for the
+    rest, and they take turns at the evaluations."""
+    from sslkd.core.rundir import hold
+
     check(plan)
     table = plan.table
-    for config in plan.floors():
-        run_dir = plan.out / "random_init" / _stem(config)
-        plan.actions.append((train(_resolve(config), run_dir, [*table.overrides, "--random-init"], log,
-                                   plan.records(run_dir)), str(run_dir)))
-    for seed in plan.seeds:
-        for config in plan.configs():
-            run_dir = plan.out / _stem(config) / f"seed{seed}"
-            plan.actions.append((train(_resolve(config), run_dir, [*table.overrides, f"train.seed={seed}"], log,
-                                       plan.records(run_dir)), str(run_dir)))
+    trainings = [(config, plan.out / "random_init" / _stem(config), [*table.overrides, "--random-init"])
+                 for config in plan.floors()]
+    trainings += [(config, plan.out / _stem(config) / f"seed{seed}", [*table.overrides, f"train.seed={seed}"])
+                  for seed in plan.seeds for config in plan.configs()]
+    busy = []
+    for config, run_dir, overrides in trainings:
+        action = train(_resolve(config), run_dir, overrides, log, plan.records(run_dir))
+        plan.actions.append((action, str(run_dir)))
+        if action == "busy":
+            busy.append((config, run_dir, overrides))
+    for config, run_dir, overrides in busy:
+        log(f"wait    {run_dir} (another process is training it)")
+        plan.actions.append((train(_resolve(config), run_dir, overrides, log, plan.records(run_dir), wait=True),
+                             str(run_dir)))
+    with hold(plan.out / ".evaluations.lock", wait=True):
+        run_evaluations(plan, log)
+        write_results(plan, log)
+    return plan.actions
+
+
+def run_evaluations(plan: Plan, log) -> None:
     for evaluation in plan.evaluations():
         if evaluation.per_table:
             plan.actions.append((evaluate_table(evaluation, plan, log), evaluation.key))
@@ -379,8 +409,6 @@ def run_plan(plan: Plan, log=print) -> list[tuple[str, str]]:
                     continue
             plan.actions.append((evaluate(evaluation, run_dir, partner, plan.proxy, log),
                                  f"{evaluation.key}:{run_dir}"))
-    write_results(plan, log)
-    return plan.actions
 
 
 def _eval_targets(plan: Plan, evaluation: Evaluation | None = None) -> list[tuple[Path, int | None]]:

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from sslkd.cli.eval import add_eval_commands, cmd_eval
@@ -124,21 +125,22 @@ def _train(args: argparse.Namespace) -> int:
         cfg = from_dict(Config, read_yaml(files.config))
         load_run_plugins(cfg.plugins)
         dist.init_from_env(cfg.train.device)
-        trainer = Trainer(cfg, run_dir, resume=True)
-    else:
-        cfg = load_config(args.method, args.config, args.overrides)
-        cfg.plugins = list(dict.fromkeys([*cfg.plugins, *args.plugin]))
-        _check_epochs(cfg, args.random_init)
-        dist.init_from_env(cfg.train.device)
-        if args.output_dir:
-            cfg.output_dir = args.output_dir
-        if cfg.output_dir is None:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            cfg.output_dir = f"runs/{cfg.method}-{cfg.data.name}-seed{cfg.train.seed}-{stamp}"
-        cfg.output_dir = dist.broadcast_object(cfg.output_dir)
-        run_dir = Path(cfg.output_dir)
-        files = RunDir(run_dir)
-        check_output_dir(run_dir)
+        with _held(files):
+            return _fit(Trainer(cfg, run_dir, resume=True), run_dir)
+    cfg = load_config(args.method, args.config, args.overrides)
+    cfg.plugins = list(dict.fromkeys([*cfg.plugins, *args.plugin]))
+    _check_epochs(cfg, args.random_init)
+    dist.init_from_env(cfg.train.device)
+    if args.output_dir:
+        cfg.output_dir = args.output_dir
+    if cfg.output_dir is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        cfg.output_dir = f"runs/{cfg.method}-{cfg.data.name}-seed{cfg.train.seed}-{stamp}"
+    cfg.output_dir = dist.broadcast_object(cfg.output_dir)
+    run_dir = Path(cfg.output_dir)
+    files = RunDir(run_dir)
+    check_output_dir(run_dir)
+    with _held(files):
         if files.summary.exists() and not args.overwrite:
             raise UserError(f"'{run_dir}' already holds a finished run; choose another --output-dir or pass --overwrite")
         if files.checkpoint.exists() and not args.overwrite:
@@ -148,6 +150,30 @@ def _train(args: argparse.Namespace) -> int:
             # only now: a config that fails to build a trainer leaves the old run untouched
             for path in (files.summary, files.checkpoint):
                 path.unlink(missing_ok=True)
+        return _fit(trainer, run_dir)
+
+
+@contextmanager
+def _held(files):
+    """The run directory held while this command trains it; rank 0 holds it for a torchrun group and tells the
+    other ranks when it is busy, so that all of them stop with the same line."""
+    from sslkd.core import distributed as dist
+    from sslkd.core.rundir import RunBusy
+
+    with ExitStack() as stack:
+        busy = None
+        if dist.is_main_process():
+            try:
+                stack.enter_context(files.hold())
+            except RunBusy as exc:
+                busy = str(exc)
+        busy = dist.broadcast_object(busy)
+        if busy:
+            raise RunBusy(busy)
+        yield
+
+
+def _fit(trainer, run_dir: Path) -> int:
     summary = trainer.fit()
     if summary is not None:
         _print_summary(summary, run_dir)
