@@ -52,6 +52,24 @@ def tiny_overrides(method: str = "mokd", epochs: int = 1) -> list[str]:
     return overrides
 
 
+class Stopped(Exception):
+    """Stands for the process dying inside a step."""
+
+
+def fit_until_stopped_inside(trainer, step: int) -> None:
+    """Train until the process dies inside global step ``step`` (before its forward pass ends), as a killed run."""
+    forward = trainer.strategy.forward
+
+    def dies_at_step(views, labels, indices, info):
+        if info.step == step:
+            raise Stopped
+        return forward(views, labels, indices, info)
+
+    trainer.strategy.forward = dies_at_step
+    with pytest.raises(Stopped):
+        trainer.fit()
+
+
 @pytest.fixture
 def tiny_cfg():
     from sslkd.config import load_config

@@ -27,7 +27,7 @@ GOLDEN = Path(__file__).parent / "golden" / "presets.json"
 LOSS_RTOL = 1e-5
 INIT_RTOL = 1e-6
 CHANGE_RTOL = 1e-3  # of the change's own norm
-METHODS = ("byol", "dino", "dml", "dogo", "lmcl", "mcl", "mocov3", "mokd", "sdssl", "simclr", "simsiam",
+METHODS = ("byol", "dino", "dml", "dogo", "lmcl", "mcl", "mocov2", "mocov3", "mokd", "sdssl", "simclr", "simsiam",
            "supervised")
 COMMON = ["train.epochs=2", "train.batch_size=16", "data.train_subset=32", "data.num_workers=0", "train.log_every=1",
           "train.device=cpu", "train.seed=0", "eval.knn_k=[5]"]

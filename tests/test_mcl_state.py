@@ -4,6 +4,7 @@ stopped mid-way resumes to exactly the uninterrupted run only because the RNG st
 
 import pytest
 import torch
+from conftest import fit_until_stopped_inside
 from test_mcl import TINY
 
 import sslkd.engine.trainer as trainer_module
@@ -62,25 +63,11 @@ def test_a_skipped_step_leaves_queues_and_banks_untouched(tmp_path, form, output
         assert torch.isfinite(seen[2][key]).all()
 
 
-class Stopped(Exception):
-    """Stands for the process dying inside a step."""
-
-
 def stopped_and_resumed(tmp_path, name):
     """Stopped inside step 4 (epoch 1 of 3), resumed from the checkpoint of step 3, stopped after epoch 2 (before
     the final evaluation, which this test does not need)."""
     extra = [*MEMORY, "train.checkpoint_every_steps=1"]
-    stopped = Trainer(tiny_mcl(extra, epochs=3), tmp_path / name)
-    forward = stopped.strategy.forward
-
-    def dies_at_step_four(views, labels, indices, step):
-        if step.step == 4:
-            raise Stopped
-        return forward(views, labels, indices, step)
-
-    stopped.strategy.forward = dies_at_step_four
-    with pytest.raises(Stopped):
-        stopped.fit()
+    fit_until_stopped_inside(Trainer(tiny_mcl(extra, epochs=3), tmp_path / name), 4)
     torch.manual_seed(12345)  # whatever the process did meanwhile
     resumed = Trainer(tiny_mcl(extra, epochs=3), tmp_path / name, resume=True)
     assert resumed.step == 4

@@ -44,6 +44,7 @@ PAPER_CONFIGS = {
     "dogo": "zoo_configs/dogo/tinyimagenet_r18_r18.yaml",
     "lmcl": "zoo_configs/lmcl/cifar100_resnet110_x2.yaml",
     "mcl": "zoo_configs/mcl/cifar100_resnet110_x2.yaml",
+    "mocov2": "zoo_configs/mocov2/imagenet_r50_mocov2_200ep.yaml",
     "mocov3": "zoo_configs/mocov3/imagenet_vit_s16_mocov3_300ep.yaml",
     "mokd": "zoo_configs/mokd/imagenet_r50_vit_s16_100ep.yaml",
     "sdssl": "zoo_configs/sdssl/imagenet_vit_s16_sd_byol_300ep.yaml",

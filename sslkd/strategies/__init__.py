@@ -1,3 +1,5 @@
 """Built-in strategies; importing this package registers them."""
 
-from sslkd.strategies import byol, dino, dml, dogo, lmcl, mcl, mocov3, mokd, sdssl, simclr, simsiam, supervised  # noqa: F401
+from sslkd.strategies import (  # noqa: F401
+    byol, dino, dml, dogo, lmcl, mcl, mocov2, mocov3, mokd, sdssl, simclr, simsiam, supervised,
+)

@@ -5,11 +5,14 @@ An objective gives a member
 - its EMA pairs (``teacher_modules``): the student modules its momentum teacher follows (none: no teacher), and the
   teacher's momentum (``teacher_momentum``);
 - its views (``views``): the augmentation recipe of its paper;
-- its network passes on two views (``embed``) and its loss on them (``loss``).
+- its network passes on two views (``embed``) and its loss on them (``loss``);
+- state of its own that the coupling holds and checkpoints (``build_state``: MoCo v2's queues), which its loss reads
+  (``member_loss``) and updates only through ``Strategy.defer``.
 
 A coupling combines the members of a cohort. ``Independent`` is the trivial one: every member trains alone with the
 objective, so a one-member run is the objective's baseline (``simclr``, ``simsiam``, ``byol``, ``mocov3`` are this
-coupling over their objective). DoGo couples peers that each have any objective registered here (``OBJECTIVES``).
+coupling over their objective; ``mocov2`` is it over MoCo v2, an objective with state: its queues). DoGo couples
+peers that each have any objective registered here (``OBJECTIVES``).
 The multi-crop objective of DINO (and MOKD, which builds on it) and the supervised cross-entropy of MCL's cohorts
 keep their own strategies: their couplings (MOKD's cross-distillation, DML/MCL's contrast) are defined for them.
 """
@@ -68,6 +71,16 @@ class Objective:
     def loss(self, outputs: PairOutputs) -> torch.Tensor:
         raise NotImplementedError
 
+    def build_state(self, members: nn.ModuleDict) -> dict[str, nn.Module]:
+        """Modules of state the objective keeps per member (none by default), which the coupling holds, and so
+        checkpoints, under these names."""
+        return {}
+
+    def member_loss(self, strategy: Strategy, member: str, outputs: PairOutputs) -> torch.Tensor:
+        """``member``'s loss on its outputs: ``loss``, unless the objective reads state of its own, whose update it
+        then queues with ``strategy.defer`` (applied once the trainer accepts the step)."""
+        return self.loss(outputs)
+
     def fixed_lr_modules(self) -> tuple[str, ...]:
         """Heads whose lr stays at the base value through training (SimSiam's predictor, optionally)."""
         return ()
@@ -75,6 +88,10 @@ class Objective:
     def teacher_momentum(self) -> float:
         """Base momentum of the EMA teacher (cosine to 1 over training); only asked when ``teacher_modules``."""
         return self.options.momentum_teacher
+
+    def teacher_momentum_end(self) -> float:
+        """Momentum the cosine reaches at the end of training: 1 (BYOL, MoCo v3), or the objective's own."""
+        return 1.0
 
 
 def teacher_module(member) -> nn.ModuleDict | None:
@@ -84,7 +101,9 @@ def teacher_module(member) -> nn.ModuleDict | None:
 def update_teacher(strategy: Strategy, member: str, objective: Objective, step) -> None:
     """One EMA step of ``member``'s teacher at its objective's momentum schedule (no-op without a teacher)."""
     if strategy.members[member].teacher is not None:
-        strategy.members[member].update_teacher(ema_momentum(step.step, step.total_steps, objective.teacher_momentum()))
+        momentum = ema_momentum(step.step, step.total_steps, objective.teacher_momentum(),
+                                objective.teacher_momentum_end())
+        strategy.members[member].update_teacher(momentum)
 
 
 class Independent(Strategy):
@@ -97,6 +116,8 @@ class Independent(Strategy):
         self.objective = self.Objective(self.options)
         self.add_members(lambda name, backbone, rate: self.objective.heads(backbone.num_features),
                          ema_teacher=self.objective.teacher_modules)
+        for attribute, module in self.objective.build_state(self.members).items():
+            self.add_module(attribute, module)
 
     def member_eval_encoder(self, member: str) -> str:
         return self.objective.eval_encoder
@@ -114,7 +135,7 @@ class Independent(Strategy):
 
     def losses(self, outputs: dict[str, PairOutputs], labels, indices, step) -> dict[str, torch.Tensor]:
         """``<member>/loss``: each member's own objective on its outputs; ``loss``: their sum."""
-        losses = {f"{name}/loss": self.objective.loss(out) for name, out in outputs.items()}
+        losses = {f"{name}/loss": self.objective.member_loss(self, name, out) for name, out in outputs.items()}
         losses["loss"] = sum(losses.values())
         return losses
 
