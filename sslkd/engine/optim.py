@@ -39,22 +39,37 @@ def resolve_optim(cfg: OptimConfig, backbone_kind: str, method_defaults: dict | 
     return OptimConfig(**values)
 
 
-def param_groups(named_params: Iterable[tuple[str, nn.Parameter]], fixed_lr: tuple[str, ...] = ()) -> list[dict]:
-    """DINO's split: biases and 1-D parameters (norms) get no weight decay; frozen parameters are left out. The
-    parameters of the ``fixed_lr`` modules form groups of their own (``fixed_lr``: the trainer holds their lr)."""
-    groups = {(True, False): [], (False, False): []}
+def param_groups(named_params: Iterable[tuple[str, nn.Parameter]], declared: Declared = Declared()) -> list[dict]:
+    """DINO's split: biases and 1-D parameters (norms) get no weight decay; frozen parameters (no gradient, or in a
+    ``declared.frozen`` module) are left out. The parameters of modules declared with a fixed lr or an lr or
+    weight-decay multiplier form groups of their own, which carry ``fixed_lr`` (the trainer holds their lr) and
+    ``lr_scale`` / ``weight_decay_scale`` (the trainer multiplies the scheduled values); a weight-decay multiplier of
+    0 puts its parameters among those without weight decay."""
+    groups = {(True, False, 1.0, 1.0): [], (False, False, 1.0, 1.0): []}
     for name, param in named_params:
-        if not param.requires_grad:
+        if not param.requires_grad or in_modules(name, declared.frozen):
             continue
-        regularized = not (name.endswith(".bias") or param.ndim == 1)
-        groups.setdefault((regularized, in_modules(name, fixed_lr)), []).append(param)
-    return [{"params": params, "regularized": regularized, "fixed_lr": fixed, **({} if regularized else {"weight_decay": 0.0})}
-            for (regularized, fixed), params in groups.items()]
+        weight_decay_scale = module_scale(name, declared.weight_decay_scale)
+        regularized = not (name.endswith(".bias") or param.ndim == 1) and weight_decay_scale != 0
+        key = (regularized, in_modules(name, declared.fixed_lr), module_scale(name, declared.lr_scale),
+               weight_decay_scale if regularized else 1.0)
+        groups.setdefault(key, []).append(param)
+    return [{"params": params, "regularized": regularized, "fixed_lr": fixed,
+             **({} if lr_scale == 1.0 else {"lr_scale": lr_scale}),
+             **({} if weight_decay_scale == 1.0 else {"weight_decay_scale": weight_decay_scale}),
+             **({} if regularized else {"weight_decay": 0.0})}
+            for (regularized, fixed, lr_scale, weight_decay_scale), params in groups.items()]
 
 
-def in_modules(name: str, modules: tuple[str, ...]) -> bool:
+def in_modules(name: str, modules: Iterable[str]) -> bool:
     """Whether parameter ``name`` (of a student) belongs to one of the named (dotted) modules."""
     return any(name.startswith(f"{module}.") for module in modules)
+
+
+def module_scale(name: str, scales: dict[str, float]) -> float:
+    """The multiplier that ``scales`` gives the innermost named module holding parameter ``name`` (1 for none)."""
+    owners = [module for module in scales if in_modules(name, (module,))]
+    return scales[max(owners, key=len)] if owners else 1.0
 
 
 class LARS(torch.optim.Optimizer):
@@ -99,8 +114,8 @@ def fused_adamw(groups: list[dict]) -> bool | None:
 
 
 def build_optimizer(named_params: Iterable[tuple[str, nn.Parameter]], cfg: OptimConfig,
-                    fixed_lr: tuple[str, ...] = ()) -> torch.optim.Optimizer:
-    groups = param_groups(named_params, fixed_lr)
+                    declared: Declared = Declared()) -> torch.optim.Optimizer:
+    groups = param_groups(named_params, declared)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=0.0, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.name == "adamw":
@@ -142,8 +157,12 @@ class MemberOptimizer:
 def member_optimizers(name: str, student: nn.ModuleDict, cfg: MemberConfig, backbone_kind: str,
                       declared: Declared = Declared()) -> dict[str, MemberOptimizer]:
     """The optimisers of member ``name``, keyed ``name`` (every parameter not claimed by a module optimiser) and
-    ``name/module`` for each of ``cfg.module_optimizers``. Every trainable parameter belongs to exactly one."""
+    ``name/module`` for each of ``cfg.module_optimizers``. Every trainable parameter belongs to exactly one; the
+    parameters of ``declared.frozen`` modules stop being trainable here (no gradient reaches them)."""
     named = list(student.named_parameters())
+    for param_name, param in named:
+        if in_modules(param_name, declared.frozen):
+            param.requires_grad_(False)
     parts: dict[str, tuple[OptimConfig, list[tuple[str, nn.Parameter]]]] = {}
     for module, module_cfg in cfg.module_optimizers.items():
         if module not in student:
@@ -161,7 +180,7 @@ def member_optimizers(name: str, student: nn.ModuleDict, cfg: MemberConfig, back
             cfg=opt_cfg,
             params=[p for _, p in owned],
             last_layer=[p for n, p in owned if in_modules(n, declared.last_layer)],
-            optimizer=build_optimizer(owned, opt_cfg, declared.fixed_lr),
+            optimizer=build_optimizer(owned, opt_cfg, declared),
         )
         for key, (opt_cfg, owned) in ((key, parts[key]) for key in order)
     }

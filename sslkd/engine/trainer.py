@@ -205,7 +205,8 @@ class Trainer:
     # ----------------------------------------------------------------------------------------------- schedules
     def set_schedules(self, info: StepInfo) -> dict[str, float]:
         """lr (warm-up + cosine; a group the strategy declares ``fixed_lr``: the base lr throughout) and weight
-        decay (cosine) of every member at this global step."""
+        decay (cosine) of every member at this global step, each times its group's declared ``lr_scale`` and
+        ``weight_decay_scale``."""
         lrs = {}
         global_batch = self.cfg.train.batch_size * dist.world_size()
         for key, part in self.optimizers.items():
@@ -217,9 +218,9 @@ class Trainer:
             )
             wd = cosine(info.step, info.total_steps, opt_cfg.weight_decay, opt_cfg.weight_decay_end)
             for group in part.optimizer.param_groups:
-                group["lr"] = opt_cfg.lr * batch_scale if group.get("fixed_lr") else lr
+                group["lr"] = (opt_cfg.lr * batch_scale if group.get("fixed_lr") else lr) * group.get("lr_scale", 1.0)
                 if group["regularized"]:
-                    group["weight_decay"] = wd
+                    group["weight_decay"] = wd * group.get("weight_decay_scale", 1.0)
             lrs[key] = lr
         self.schedule_values = self.strategy.schedule_values(info)
         return lrs

@@ -323,9 +323,8 @@ def use_sincos_pos_embed(model: nn.Module) -> None:
 
 def freeze_random_patch_projection(model: nn.Module) -> None:
     """A fixed random patch projection (MoCo v3's stability trick; SDSSL Sec. 4.1): initialised as MoCo v3's and
-    the SDSSL code's ViT (uniform in +-sqrt(6 / (fan_in + D)) over the flattened p x p x C -> D map, bias 0), then
-    every parameter of the patch embedding is excluded from training (``requires_grad`` False: the optimiser
-    leaves it out and no gradient reaches it)."""
+    the SDSSL code's ViT (uniform in +-sqrt(6 / (fan_in + D)) over the flattened p x p x C -> D map, bias 0). What
+    keeps it fixed is the strategy's declaration of the patch embedding as frozen (``frozen_modules``)."""
     proj = model.patch_embed.proj
     fan_in = proj.weight[0].numel()
     bound = math.sqrt(6.0 / (fan_in + proj.weight.shape[0]))
@@ -333,7 +332,12 @@ def freeze_random_patch_projection(model: nn.Module) -> None:
         nn.init.uniform_(proj.weight, -bound, bound)
         if proj.bias is not None:
             proj.bias.zero_()
-    model.patch_embed.requires_grad_(False)
+
+
+def frozen_modules(backbone_args: dict) -> tuple[str, ...]:
+    """The modules of a backbone built with ``backbone_args`` that stay out of training: with
+    ``freeze_patch_embed`` its patch embedding (``freeze_random_patch_projection``)."""
+    return ("model.patch_embed",) if backbone_args.get("freeze_patch_embed") else ()
 
 
 def build_backbone(name: str, small_image_stem: bool = False, freeze_patch_embed: bool = False,
@@ -343,7 +347,8 @@ def build_backbone(name: str, small_image_stem: bool = False, freeze_patch_embed
     ``small_image_stem`` swaps a timm ResNet's stem for the CIFAR one; the registered CIFAR networks already have
     it. ``overrides`` go to the constructor (e.g. img_size, patch_size, depth, embed_dim, drop_path_rate, widths).
     ViT options of MoCo v3 and the SDSSL code (``members.<m>.backbone_args``): ``freeze_patch_embed: true`` (a
-    fixed random patch projection, ``freeze_random_patch_projection``) and ``pos_embed: sincos`` (fixed 2-D
+    fixed random patch projection, ``freeze_random_patch_projection``, kept out of training by the strategy's
+    declaration, ``frozen_modules``) and ``pos_embed: sincos`` (fixed 2-D
     sine-cosine position embeddings, ``use_sincos_pos_embed``); timm's own ``pos_embed`` values (``learn``, the
     default, and ``none``) pass through.
     """

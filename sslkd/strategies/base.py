@@ -4,7 +4,7 @@ Strategy interface the trainer drives. A strategy owns no loop, optimiser or I/O
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Sequence
 
 import torch
@@ -20,7 +20,7 @@ from sslkd.errors import UserError
 from sslkd.core.schedules import ema_momentum
 from sslkd.losses.dino import updated_center
 from sslkd.losses.precision import loss_precision
-from sslkd.models.backbones import build_backbone
+from sslkd.models.backbones import build_backbone, frozen_modules
 from sslkd.models.teacher import EMATeacher
 
 
@@ -39,11 +39,17 @@ class StepInfo:
 
 @dataclass(frozen=True)
 class Declared:
-    """What a strategy declares about one member's parameters (``Strategy.parameter_declarations``): the modules
-    whose lr stays at its base value, and the modules the last-layer freeze holds still in the first epochs."""
+    """What a strategy declares about one member's parameters (``Strategy.parameter_declarations``), by student
+    module name: the modules whose lr stays at its base value (``fixed_lr``), the modules the last-layer freeze holds
+    still in the first epochs (``last_layer``), per-module multipliers of the scheduled lr and weight decay
+    (``lr_scale``, ``weight_decay_scale``; 0 turns weight decay off), and the modules kept out of training
+    (``frozen``: no gradient, in no optimiser group)."""
 
     fixed_lr: tuple[str, ...] = ()
     last_layer: tuple[str, ...] = ()
+    lr_scale: dict[str, float] = field(default_factory=dict)
+    weight_decay_scale: dict[str, float] = field(default_factory=dict)
+    frozen: tuple[str, ...] = ()
 
 
 @dataclass
@@ -197,9 +203,15 @@ class Strategy(nn.Module):
         raise NotImplementedError
 
     def parameter_declarations(self, member: str) -> Declared:
-        """What the trainer must know about ``member``'s parameters: modules with a fixed lr, modules the
-        last-layer freeze holds (none by default)."""
-        return Declared()
+        """What the trainer must know about ``member``'s parameters (``Declared``): by default only the backbone
+        modules its options freeze (``declare``)."""
+        return self.declare(member)
+
+    def declare(self, member: str, **declarations) -> Declared:
+        """``Declared(**declarations)`` for ``member``, its ``frozen`` the backbone modules that the member's
+        ``backbone_args`` keep out of training (``freeze_patch_embed``: MoCo v3's fixed random patch projection)."""
+        frozen = tuple(f"backbone.{module}" for module in frozen_modules(self.members[member].cfg.backbone_args))
+        return Declared(frozen=frozen, **declarations)
 
     def schedule_values(self, step: StepInfo) -> dict[str, float]:
         """Scheduled quantities the losses use at ``step`` (e.g. teacher temperatures per term), logged with the lr."""

@@ -29,7 +29,7 @@ from sslkd.errors import UserError
 from sslkd.losses.dino import dino_loss
 from sslkd.models.heads import DINOHead
 from sslkd.registry import STRATEGIES
-from sslkd.strategies.base import Centers, Declared, StepInfo, Strategy, group_by_resolution
+from sslkd.strategies.base import Centers, StepInfo, Strategy, group_by_resolution
 from sslkd.strategies.layerwise import LayerDistillation, LayerDistillationOptions
 
 
@@ -143,7 +143,7 @@ class DINO(Strategy):
         return losses
 
     def parameter_declarations(self, member):
-        return Declared(last_layer=("dino.last_layer", *self.layerwise.last_layers(member)))
+        return self.declare(member, last_layer=("dino.last_layer", *self.layerwise.last_layers(member)))
 
     def schedule_values(self, step):
         values = {"teacher_temp": teacher_temperature(step, self.options)}

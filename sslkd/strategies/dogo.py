@@ -102,7 +102,7 @@ class DoGo(Strategy):
         return self.objectives[member].eval_encoder
 
     def parameter_declarations(self, member: str) -> Declared:
-        return Declared(fixed_lr=self.objectives[member].fixed_lr_modules())
+        return self.declare(member, fixed_lr=self.objectives[member].fixed_lr_modules())
 
     def train_transform(self):
         n_views = 2 * len(self.members) if self.options.views == "per_peer" else 2

@@ -48,7 +48,7 @@ from sslkd.errors import UserError
 from sslkd.losses.dino import dino_loss, feature_search_loss
 from sslkd.models.heads import THead
 from sslkd.registry import STRATEGIES
-from sslkd.strategies.base import Centers, Declared, Member, Strategy, group_by_resolution
+from sslkd.strategies.base import Centers, Member, Strategy, group_by_resolution
 from sslkd.strategies.dino import (DINO, DINOOptions, check_dino_options, dino_head, dino_layer_heads,
                                    layer_distillation, teacher_temperature)
 
@@ -157,7 +157,8 @@ class MOKD(Strategy):
     def parameter_declarations(self, member):
         """Both heads' last layers are held still in the first epochs (the code freezes every ``last_layer``), and
         so are the layer heads' with layer distillation."""
-        return Declared(last_layer=("dino.last_layer", "thead.last_layer", *self.layerwise.last_layers(member)))
+        return self.declare(member, last_layer=("dino.last_layer", "thead.last_layer",
+                                                *self.layerwise.last_layers(member)))
 
     def schedule_values(self, step):
         values = {f"teacher_temp/{name}/self": self.self_teacher_temperature(step, name) for name in self.members}

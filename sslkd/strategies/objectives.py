@@ -123,7 +123,7 @@ class Independent(Strategy):
         return self.objective.eval_encoder
 
     def parameter_declarations(self, member: str) -> Declared:
-        return Declared(fixed_lr=self.objective.fixed_lr_modules())
+        return self.declare(member, fixed_lr=self.objective.fixed_lr_modules())
 
     def train_transform(self) -> Callable:
         return self.objective.views(self, 2)
