@@ -53,13 +53,13 @@ from sslkd.core.distributed import all_gather_no_grad, all_gather_with_grad, ran
 from sslkd.core.schedules import cosine
 from sslkd.errors import UserError
 from sslkd.losses.classification import ensemble_distillation
-from sslkd.losses.mcl import TERMS, batch_contrastive_logits, mcl_loss
+from sslkd.losses.mcl import batch_contrastive_logits, mcl_loss
 from sslkd.losses.precision import loss_precision
 from sslkd.registry import STRATEGIES
 from sslkd.strategies.base import build_member_backbone
 from sslkd.strategies.mcl import (
     CohortContrast,
-    MemoryOptions,
+    ContrastOptions,
     check_soft_anchor_column,
     check_terms,
     contrastive_coupling,
@@ -80,17 +80,7 @@ class MetaWeightOptions:
 
 
 @dataclass
-class LMCLOptions:
-    mining: Literal["batch", "memory"] = "batch"
-    alpha: float = 0.1
-    beta: float = 1.0
-    tau: float = 0.1
-    soft_temperature: float = 3.0
-    soft_anchor_column: Literal["drop", "keep"] = "drop"
-    embed_dim: int = 128
-    embed_hidden_dim: int | None = 128
-    terms: list[str] = field(default_factory=lambda: list(TERMS))
-    memory: MemoryOptions = field(default_factory=MemoryOptions)
+class LMCLOptions(ContrastOptions):
     pair_weights: Literal["none", "meta"] = "none"
     meta: MetaWeightOptions = field(default_factory=MetaWeightOptions)
     contrast_stages: list[int] | None = None

@@ -83,8 +83,10 @@ class MemoryOptions:
 
 
 @dataclass
-class MCLOptions:
-    form: Literal["supervised", "moco"] = "supervised"
+class ContrastOptions:
+    """The options of MCL's contrastive terms (Eq. 10) and their samples, which MCL and L-MCL share: the ``strategy``
+    keys of both (``strategy.alpha``, ``strategy.memory.negatives``, ...)."""
+
     mining: Literal["batch", "memory"] = "batch"
     alpha: float = 0.1
     beta: float = 1.0
@@ -95,6 +97,11 @@ class MCLOptions:
     embed_hidden_dim: int | None = 128
     terms: list[str] = field(default_factory=lambda: list(TERMS))
     memory: MemoryOptions = field(default_factory=MemoryOptions)
+
+
+@dataclass
+class MCLOptions(ContrastOptions):
+    form: Literal["supervised", "moco"] = "supervised"
     moco: MoCoV2Options = field(default_factory=MoCoV2Options)
 
 
