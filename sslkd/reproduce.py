@@ -34,10 +34,12 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import time
 import types
 import typing
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -634,6 +636,48 @@ def with_data_root(table: Table, data_root: str) -> Table:
     return dataclasses.replace(table, overrides=(*table.overrides, f"data.root={root}"))
 
 
+def child_argv(args: argparse.Namespace, plan: Plan) -> list[str]:
+    """This command for a helper process: the same table, seeds and folders, one process."""
+    argv = ["--spec", str(Path(args.spec).resolve())] if args.spec else [args.table]
+    argv += ["--proxy"] * args.proxy + ["--seeds", str(args.seeds), "--out", str(plan.out), "--results", str(plan.results)]
+    if args.data_root:
+        argv += ["--data-root", str(Path(args.data_root).resolve())]
+    return argv
+
+
+@contextmanager
+def helper_jobs(count: int, argv: list[str], out: Path, log):
+    """``count - 1`` more processes of this command (``argv``), started beside this one; each process takes an
+    equal share of the cores as threads. They share the table through the runs' holds (``train``, ``run_plan``):
+    on a small machine one process per core trains more images per second than one process on all of them."""
+    if count == 1:
+        yield
+        return
+    import torch
+
+    threads = max(1, (os.cpu_count() or 1) // count)
+    torch.set_num_threads(threads)
+    (out / ".jobs").mkdir(parents=True, exist_ok=True)
+    jobs = []
+    for number in range(1, count):
+        path = out / ".jobs" / f"job{number}.log"
+        with open(path, "w") as handle:
+            jobs.append((subprocess.Popen([sys.executable, "-m", "sslkd", "reproduce", *argv], cwd=ROOT,
+                                          env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+                                          stdout=handle, stderr=subprocess.STDOUT), path))
+        log(f"job     {number}: pid {jobs[-1][0].pid}, {threads} thread(s), log {path}")
+    try:
+        yield
+        for process, path in jobs:
+            if process.wait() != 0:
+                raise UserError(f"a helper process of this table failed (exit {process.returncode}); its log is {path}")
+    finally:
+        for process, _ in jobs:
+            if process.poll() is None:
+                process.terminate()  # an interrupted table: its runs resume from their checkpoints next call
+                process.wait()
+
+
 # ------------------------------------------------------------------------------------------------ command line
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``sslkd reproduce`` and ``python tools/reproduce.py``."""
@@ -646,6 +690,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", default=str(ROOT / "results"), help="results directory (default results/)")
     parser.add_argument("--data-root", help="train on the data here instead of the configs' data.root (e.g. the "
                         "CIFAR-10 subset built by `sslkd data cifar10-subset`); relative to the current folder")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="processes that share the table's runs, each with an equal share of the cores as threads "
+                             "(on 2 cores --jobs 2 trains about 15%% more images per second than one process); the "
+                             "others log to OUT/.jobs/")
     parser.add_argument("--tables-only", action="store_true",
                         help="rebuild the table files from the run records in results/ (no training, no evaluation;"
                              " works on a fresh clone)")
@@ -674,6 +722,8 @@ def execute(args: argparse.Namespace, log=print, prog: str = "reproduce") -> int
             table = tables[args.table]
         if args.seeds < 1:
             raise UserError(f"--seeds {args.seeds}: need at least one seed")
+        if args.jobs < 1:
+            raise UserError(f"--jobs {args.jobs}: need at least one process")
         if args.data_root:
             table = with_data_root(table, args.data_root)
         group = run_folder(table, args.proxy)
@@ -690,7 +740,8 @@ def execute(args: argparse.Namespace, log=print, prog: str = "reproduce") -> int
                 write_tables(plan, log)
             else:
                 try:
-                    run_plan(plan, log)
+                    with helper_jobs(args.jobs, child_argv(args, plan), plan.out, log):
+                        run_plan(plan, log)
                 except Interrupted:
                     write_results(plan, log)  # what finished is recorded and tabled; the rest continues next call
                     raise

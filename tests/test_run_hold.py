@@ -18,6 +18,20 @@ HOLDER = "import sys; from sslkd.core.rundir import RunDir; h = RunDir(sys.argv[
          "print('held', flush=True); sys.stdin.read()"
 
 
+def tiny_table(tmp_path, seeds: int):
+    """A one-config DINO table on the digits: its run folder, results folder and reproduce arguments."""
+    (tmp_path / "dino").mkdir()
+    config = tmp_path / "dino" / "tiny_dino.yaml"
+    config.write_text("method: dino\n")
+    spec = {"name": "tiny_table", "about": "a tiny DINO table on digits", "configs": [str(config)],
+            "overrides": tiny_overrides("dino"), "compare": "runs"}
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+    out, results = tmp_path / "runs", tmp_path / "results"
+    return out, results, ["--spec", str(spec_file), "--proxy", "--seeds", str(seeds), "--out", str(out),
+                          "--results", str(results)]
+
+
 def test_a_run_another_process_trains_is_refused_and_freed_when_it_dies(tmp_path, capsys):
     run_dir = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir)], stdin=subprocess.PIPE,
@@ -54,16 +68,8 @@ def test_hold_is_reentrant_within_a_process_and_exclusive_across_descriptions(tm
 
 
 def test_reproduce_leaves_a_busy_run_to_its_holder_and_waits_for_it(tmp_path):
-    (tmp_path / "dino").mkdir()
-    config = tmp_path / "dino" / "tiny_dino.yaml"
-    config.write_text("method: dino\n")
-    spec = {"name": "tiny_table", "about": "a tiny DINO table on digits", "configs": [str(config)],
-            "overrides": tiny_overrides("dino"), "compare": "runs"}
-    spec_file = tmp_path / "spec.yaml"
-    spec_file.write_text(yaml.safe_dump(spec))
-    out, results = tmp_path / "runs", tmp_path / "results"
+    out, results, argv = tiny_table(tmp_path, seeds=2)
     seed1 = out / "dino" / "tiny_dino" / "seed1"
-
     seed1.mkdir(parents=True)
     other = open(seed1 / RunDir.LOCK, "w")  # "another process" holds seed 1 ...
     fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -74,9 +80,19 @@ def test_reproduce_leaves_a_busy_run_to_its_holder_and_waits_for_it(tmp_path):
         if line.startswith("wait"):  # ... and gives it up (unfinished) once this one waits for it
             threading.Timer(0.5, other.close).start()
 
-    argv = ["--spec", str(spec_file), "--proxy", "--seeds", "2", "--out", str(out), "--results", str(results)]
     assert reproduce.main(argv, log=log_and_release) == 0
     actions = [line.split()[0] for line in log if line.split()[0] in ("busy", "wait", "train", "skip")]
     assert actions == ["train", "busy", "wait", "train"]  # seed 0; seed 1 left, waited for, then trained here
     assert (seed1 / "summary.json").is_file()
     assert (results / "tiny_table_proxy_runs.md").is_file()
+
+
+def test_reproduce_jobs_share_a_table_and_train_each_run_once(tmp_path):
+    out, results, argv = tiny_table(tmp_path, seeds=3)
+    log = []
+    assert reproduce.main([*argv, "--jobs", "2"], log=log.append) == 0
+    helper_log = (out / ".jobs" / "job1.log").read_text().splitlines()
+    trained = [line.split()[1] for line in log + helper_log if line.startswith("train ")]
+    assert sorted(trained) == sorted(str(out / "dino" / "tiny_dino" / f"seed{seed}") for seed in range(3))
+    assert [line for line in log if line.startswith("job ")]
+    assert len(list(out.rglob("summary.json"))) == 3 and (results / "tiny_table_proxy_runs.md").is_file()
