@@ -244,7 +244,7 @@ def to_dict(obj: Any) -> Any:
 
 def read_yaml(path: str | Path) -> dict:
     """Safe-load a YAML mapping, following ``_base_`` (a path or list of paths relative to the file, merged in
-    order, then this file on top) by deep merge."""
+    order, then this file on top) by ``deep_merge``."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file '{path}' does not exist; pass an existing YAML file to --config")
@@ -269,9 +269,13 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 
 
 def deep_merge(base: dict, update: dict) -> dict:
+    """``update`` on top of ``base``, mappings merged key by key; ``null`` over a mapping removes it (back to its
+    default), e.g. a derived config's ``module_optimizers: null`` drops the ones its ``_base_`` gives."""
     merged = dict(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        if value is None and isinstance(merged.get(key), dict):
+            del merged[key]
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value

@@ -54,6 +54,13 @@ def test_base_files_merge_in_order(tmp_path):
     assert data["train"] == {"epochs": 4, "batch_size": 8, "seed": 7}
 
 
+def test_null_over_a_base_mapping_removes_it(tmp_path):
+    (tmp_path / "a.yaml").write_text("members: {x: {backbone: cifar_resnet20, module_optimizers: {head: {lr: 0.1}}}}\n")
+    (tmp_path / "b.yaml").write_text("_base_: a.yaml\nmethod: dino\nmembers: {x: {module_optimizers: null}}\n")
+    assert read_yaml(tmp_path / "b.yaml")["members"]["x"] == {"backbone": "cifar_resnet20"}
+    assert load_config(None, str(tmp_path / "b.yaml"), []).members["x"].module_optimizers == {}
+
+
 def test_method_and_config_file_must_agree(tmp_path):
     (tmp_path / "c.yaml").write_text("method: dino\nmembers: {x: {backbone: cifar_resnet20}}\n")
     with pytest.raises(UserError, match="disagrees"):

@@ -330,3 +330,34 @@ def test_cnn_thead_has_its_own_optimiser_schedule_and_resumes(tmp_path, tiny_cfg
 
     assert records("straight") == records("resumed")
     assert all("lr/cnn/thead" in r for r in records("straight") if "loss" in r)
+
+
+@pytest.mark.parametrize("terms", [["sm"], ["sm", "cm"], ["sm", "cm", "st"]])
+def test_loss_terms_drop_exactly_the_left_out_terms(tiny_cfg, terms):
+    """MOKD Table 7's ablations: with the same weights, every kept term equals the full method's, the left-out ones
+    are not computed, and the member loss is L_sm + L_st + lambda (L_cm + L_ct) over the kept terms only."""
+    full = build(tiny_cfg)
+    ablated = build(tiny_cfg, extra=["strategy.loss_terms=[" + ",".join(terms) + "]"])
+    for name, member in ablated.members.items():
+        source = full.members[name]
+        member.student.load_state_dict(source.student.state_dict(), strict=False)
+        member.teacher.load_state_dict(source.teacher.state_dict(), strict=False)
+        assert ("thead" in member.student) == ("st" in terms)
+    full_losses = full(views(), None, None, STEP)
+    losses = ablated(views(), None, None, STEP)
+    for name, member in ablated.members.items():
+        for term in ("sm", "st", "cm", "ct"):
+            if term in terms:
+                torch.testing.assert_close(losses[f"{name}/{term}"], full_losses[f"{name}/{term}"])
+            else:
+                assert f"{name}/{term}" not in losses
+        kept = {t: losses.get(f"{name}/{t}", 0.0) for t in ("sm", "st", "cm", "ct")}
+        expected = kept["sm"] + kept["st"] + member.cfg.distill_weight * (kept["cm"] + kept["ct"])
+        torch.testing.assert_close(losses[f"{name}/loss"], torch.as_tensor(expected))
+
+
+def test_loss_terms_reject_unknown_terms(tiny_cfg):
+    from sslkd.errors import UserError
+
+    with pytest.raises(UserError, match="strategy.loss_terms"):
+        build(tiny_cfg, extra=["strategy.loss_terms=[sm,kd]"])

@@ -28,6 +28,8 @@ Options for paper/code differences (METHODS.md); the paper-reproduction configs 
   (trainable gain) and the CNN's with True; ``members.<name>.module_optimizers`` (config): the code trains the
   CNN's T-Head in its own parameter group with the ViT's AdamW settings and schedules, e.g.
   ``members.cnn.module_optimizers: {thead: {name: adamw, lr: 3.0e-4, ...}}``.
+- ``loss_terms`` (MOKD Table 7): which of sm, st, cm, ct each member's loss keeps (default all four; ``[sm]`` is
+  DINO on each member). Terms left out are not computed; without st and ct no T-Head is built or run.
 - ``layer_distillation`` (DINOOptions): each member's intermediate blocks also distil its own teacher's MLP-Head
   output the SDSSL way (``sslkd.strategies.layerwise``; L_i gains alpha(t) L_isd_i with L_sm's loss and
   temperature), a combination neither paper runs (zoo_configs/combos/mokd_sdssl_layers.yaml).
@@ -62,6 +64,10 @@ class MOKDOptions(DINOOptions):
     feature_search: Literal["paper", "code"] = "paper"
     detach_search_query: bool = True
     self_warmup_teacher_temp_epochs: dict[str, float] = field(default_factory=dict)
+    loss_terms: list[str] = field(default_factory=lambda: list(LOSS_TERMS))
+
+
+LOSS_TERMS = ("sm", "st", "cm", "ct")
 
 
 def token_grid(backbone: nn.Module, size: int) -> tuple[int, int]:
@@ -93,6 +99,12 @@ class MOKD(Strategy):
         check_dino_options(opts, cfg.members, {"warmup_teacher_temp_epochs": opts.warmup_teacher_temp_epochs, **warmups})
         if opts.feature_search == "code" and cfg.data.augment.n_local == 0:
             raise UserError("strategy.feature_search=code searches from local crops: set data.augment.n_local > 0")
+        unknown_terms = [term for term in opts.loss_terms if term not in LOSS_TERMS]
+        if unknown_terms or not opts.loss_terms:
+            raise UserError(f"strategy.loss_terms must be a non-empty list of {list(LOSS_TERMS)} (MOKD Table 7), "
+                            f"not {opts.loss_terms}")
+        self.terms = set(opts.loss_terms)
+        self.uses_thead = bool(self.terms & {"st", "ct"})
         self.n_global = cfg.data.augment.n_global
         if self.n_global != 2:
             raise UserError(f"mokd crosses two global views (Eq. 2-7): set data.augment.n_global=2, not {self.n_global}")
@@ -100,7 +112,7 @@ class MOKD(Strategy):
         thead_out = opts.thead_out_dim or opts.out_dim
 
         def heads(name: str, backbone: nn.Module, drop_path_rate: float) -> dict[str, nn.Module]:
-            thead = THead(
+            thead = {"thead": THead(
                 backbone.token_dim,
                 dim=opts.thead_dim,
                 depth=opts.thead_depth,
@@ -108,15 +120,16 @@ class MOKD(Strategy):
                 out_dim=thead_out,
                 grid=token_grid(backbone, global_size),
                 drop_path_rate=drop_path_rate,
-            )
-            return {"dino": dino_head(backbone.num_features, opts, name), "thead": thead,
+            )} if self.uses_thead else {}
+            return {"dino": dino_head(backbone.num_features, opts, name), **thead,
                     **dino_layer_heads(self.layerwise, opts, name, backbone)}
 
         self.layerwise = layer_distillation(self)
-        self.add_members(heads, ema_teacher=self.layerwise.teacher_modules(["backbone", "dino", "thead"]))
+        self.head_names = ["dino", "thead"] if self.uses_thead else ["dino"]
+        self.add_members(heads, ema_teacher=self.layerwise.teacher_modules(["backbone", *self.head_names]))
         keys = [f"{name}/dino" for name in self.members]
         self.centers = Centers(keys, opts.out_dim)
-        self.thead_centers = Centers([f"{name}/thead" for name in self.members], thead_out)
+        self.thead_centers = Centers([f"{name}/thead" for name in self.members] if "st" in self.terms else [], thead_out)
 
     def self_teacher_temperature(self, step, name: str) -> float:
         """tau_t of member ``name``'s self terms (the code warms the CNN's up over 50 epochs, the rest over 30)."""
@@ -135,29 +148,38 @@ class MOKD(Strategy):
             peers = [p for p in self.members if p != name]
             to_own_teacher = partial(dino_loss, center=self.centers[f"{name}/dino"], n_student_crops=n_crops,
                                      n_teacher_crops=2, student_temp=opts.student_temp, teacher_temp=tau_self)
-            sm = to_own_teacher(s["mlp"], t["mlp"])
-            st = dino_loss(s["thead"], t["thead"], self.thead_centers[f"{name}/thead"], n_crops, 2, opts.student_temp, tau_self)
-            cm = sum(
-                dino_loss(s["mlp"], teachers[p]["mlp"], self.centers[f"{p}/dino"], n_crops, 2, opts.student_temp, tau_cross)
-                for p in peers
-            ) / len(peers)
-            ct = sum(
-                feature_search_loss(*searched[name, p], opts.student_temp, tau_cross) for p in peers
-            ) / len(peers)
-            losses.update({f"{name}/sm": sm, f"{name}/st": st, f"{name}/cm": cm, f"{name}/ct": ct})
-            losses[f"{name}/loss"] = sm + st + member.cfg.distill_weight * (cm + ct)
+            terms = {
+                "sm": lambda: to_own_teacher(s["mlp"], t["mlp"]),
+                "st": lambda: dino_loss(s["thead"], t["thead"], self.thead_centers[f"{name}/thead"], n_crops, 2,
+                                        opts.student_temp, tau_self),
+                "cm": lambda: sum(
+                    dino_loss(s["mlp"], teachers[p]["mlp"], self.centers[f"{p}/dino"], n_crops, 2, opts.student_temp,
+                              tau_cross)
+                    for p in peers
+                ) / len(peers),
+                "ct": lambda: sum(
+                    feature_search_loss(*searched[name, p], opts.student_temp, tau_cross) for p in peers
+                ) / len(peers),
+            }
+            computed = {term: terms[term]() for term in LOSS_TERMS if term in self.terms}
+            losses.update({f"{name}/{term}": value for term, value in computed.items()})
+            self_terms = sum(computed.get(term, 0.0) for term in ("sm", "st"))
+            cross_terms = sum(computed.get(term, 0.0) for term in ("cm", "ct"))
+            losses[f"{name}/loss"] = self_terms + member.cfg.distill_weight * cross_terms
             self.layerwise.add_to(losses, name, s["layers"], t["mlp"], to_own_teacher, step)
 
         for name in self.members:
             self.defer(partial(self.centers.update, f"{name}/dino", teachers[name]["mlp"].detach(), opts.center_momentum))
-            self.defer(partial(self.thead_centers.update, f"{name}/thead", teachers[name]["thead"].detach(), opts.center_momentum))
+            if "st" in self.terms:
+                self.defer(partial(self.thead_centers.update, f"{name}/thead", teachers[name]["thead"].detach(),
+                                   opts.center_momentum))
         losses["loss"] = sum(losses[f"{name}/loss"] for name in self.members)
         return losses
 
     def parameter_declarations(self, member):
         """Both heads' last layers are held still in the first epochs (the code freezes every ``last_layer``), and
         so are the layer heads' with layer distillation."""
-        return self.declare(member, last_layer=("dino.last_layer", "thead.last_layer",
+        return self.declare(member, last_layer=(*(f"{head}.last_layer" for head in self.head_names),
                                                 *self.layerwise.last_layers(member)))
 
     def schedule_values(self, step):
@@ -183,7 +205,7 @@ class MOKD(Strategy):
             (name, peer): self._feature_search(member, students[name], self.members[peer], teachers[peer], batch)
             for name, member in self.members.items()
             for peer in self.members
-            if peer != name
+            if peer != name and "ct" in self.terms
         }
         return {"students": students, "teachers": teachers, "searched": searched, "n_crops": len(views)}
 
@@ -199,17 +221,22 @@ class MOKD(Strategy):
             for _, _, batch in groups:
                 feats, tokens, grid = student["backbone"].forward_tokens(batch)
                 pooled.append(feats)
-                thead.append(student["thead"](tokens, grid))
+                if self.uses_thead:
+                    thead.append(student["thead"](tokens, grid))
         pooled = torch.cat(pooled)
-        return {"pooled": pooled, "mlp": student["dino"](pooled), "thead": torch.cat(thead),
-                "layers": self.layerwise.outputs(name, student, captured)}
+        outputs = {"pooled": pooled, "mlp": student["dino"](pooled), "layers": self.layerwise.outputs(name, student, captured)}
+        if self.uses_thead:
+            outputs["thead"] = torch.cat(thead)
+        return outputs
 
-    @staticmethod
-    def _teacher_outputs(teacher: nn.ModuleDict, global_batch: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _teacher_outputs(self, teacher: nn.ModuleDict, global_batch: torch.Tensor) -> dict[str, torch.Tensor]:
         """Teacher heads on the global crops; the embedded T-Head tokens are kept for the feature search."""
         feats, tokens, grid = teacher["backbone"].forward_tokens(global_batch)
-        embedded = teacher["thead"].embed(tokens, grid)
-        return {"mlp": teacher["dino"](feats), "thead": teacher["thead"].head(embedded), "tokens": embedded}
+        outputs = {"mlp": teacher["dino"](feats)}
+        if self.uses_thead:
+            embedded = teacher["thead"].embed(tokens, grid)
+            outputs |= {"thead": teacher["thead"].head(embedded), "tokens": embedded}
+        return outputs
 
     def _feature_search(self, member: Member, s: dict, peer: Member, peer_teacher: dict, batch: int):
         """(student T-Head rows, ``peer``'s teacher T-Head output after feature search (Eq. 6)): the pair L_ct
