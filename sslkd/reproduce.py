@@ -4,10 +4,13 @@
     sslkd reproduce mokd_table4 --proxy         the CPU-proxy version (3 seeds), resumable
     sslkd reproduce mokd_table1 --proxy --seeds 1
     sslkd reproduce dogo_table1                 paper scale (needs the paper's data and GPUs)
+    sslkd reproduce v3_baselines mokd_table1_v3 --proxy --jobs 2    several tables, seed by seed, two processes
 
 (``python tools/reproduce.py ...`` is the same.) Each table is a file, ``tables/<name>.yaml``, of Table's fields
 (evaluations and claims as lists of mappings of their fields); ``tables/order.txt`` gives the order of ``--list``.
-``--spec FILE.yaml`` runs a table from any such file (tests use it for a tiny table on digits).
+``--spec FILE.yaml`` runs a table from any such file (tests use it for a tiny table on digits). Several tables in one
+call train their runs seed by seed across the tables (every table's seed 0, then every seed 1, ...), so a campaign
+cut short has whole seeds; each table is evaluated and written as soon as its runs are finished.
 
 Resumable in parts: a run with summary.json is skipped, one whose records are committed in results/ is restored
 from them (a fresh clone continues a table where it stopped), a run with a checkpoint is resumed, an evaluation already
@@ -368,32 +371,58 @@ def check(plan: Plan) -> None:
                         f"({plan.table.note or 'see --list'}); choose another table or scale")
 
 
-def run_plan(plan: Plan, log=print) -> list[tuple[str, str]]:
-    """Train, evaluate, copy the run records and write the tables; returns the (action, target) done. Several
-    processes may run one table at once: each trains the runs the others are not training, then waits for the
-    rest, and they take turns at the evaluations."""
-    from sslkd.core.rundir import hold
+def trainings(plans: list[Plan]) -> dict[Path, tuple[Plan, str, list[str]]]:
+    """Run directory -> (the first plan that names it, config, overrides) of every run of ``plans``: the floors
+    first, then seed by seed across the tables; a run two tables share is trained once."""
+    runs: dict[Path, tuple[Plan, str, list[str]]] = {}
+    for plan in plans:
+        for config in plan.floors():
+            runs.setdefault(plan.out / "random_init" / _stem(config), (plan, config, [*plan.table.overrides, "--random-init"]))
+    for seed in plans[0].seeds:
+        for plan in plans:
+            for config in plan.configs():
+                runs.setdefault(plan.out / _stem(config) / f"seed{seed}",
+                                (plan, config, [*plan.table.overrides, f"train.seed={seed}"]))
+    return runs
 
-    check(plan)
-    table = plan.table
-    trainings = [(config, plan.out / "random_init" / _stem(config), [*table.overrides, "--random-init"])
-                 for config in plan.floors()]
-    trainings += [(config, plan.out / _stem(config) / f"seed{seed}", [*table.overrides, f"train.seed={seed}"])
-                  for seed in plan.seeds for config in plan.configs()]
+
+def run_plans(plans: list[Plan], log=print) -> None:
+    """Train, evaluate, copy the run records and write the tables; each plan's ``actions`` get the (action,
+    target) done. A table is evaluated and written once its runs are finished; a finished run's records are copied
+    to results/ at once. Several processes may run the same tables at once: each trains the runs the others are
+    not training, then waits for the rest, and they take turns at the evaluations."""
+    for plan in plans:
+        check(plan)
+    runs = trainings(plans)
+    pending = list(plans)
     busy = []
-    for config, run_dir, overrides in trainings:
+    for run_dir, (plan, config, overrides) in runs.items():
         action = train(_resolve(config), run_dir, overrides, log, plan.records(run_dir))
         plan.actions.append((action, str(run_dir)))
         if action == "busy":
-            busy.append((config, run_dir, overrides))
-    for config, run_dir, overrides in busy:
+            busy.append((run_dir, plan, config, overrides))
+        elif action != "skip":
+            copy_records(run_dir, plan.records(run_dir))
+            _write_finished(pending, log)
+    for run_dir, plan, config, overrides in busy:
         log(f"wait    {run_dir} (another process is training it)")
         plan.actions.append((train(_resolve(config), run_dir, overrides, log, plan.records(run_dir), wait=True),
                              str(run_dir)))
-    with hold(plan.out / ".evaluations.lock", wait=True):
-        run_evaluations(plan, log)
-        write_results(plan, log)
-    return plan.actions
+        copy_records(run_dir, plan.records(run_dir))
+        _write_finished(pending, log)
+    _write_finished(pending, log, every=True)
+
+
+def _write_finished(pending: list[Plan], log, every: bool = False) -> None:
+    """Evaluate and write each pending table whose runs are all finished (``every``: each pending table)."""
+    from sslkd.core.rundir import hold
+
+    for plan in list(pending):
+        if every or all((run / "summary.json").is_file() for run, _ in _eval_targets(plan)):
+            with hold(plan.out / ".evaluations.lock", wait=True):
+                run_evaluations(plan, log)
+                write_results(plan, log)
+            pending.remove(plan)
 
 
 def run_evaluations(plan: Plan, log) -> None:
@@ -426,12 +455,18 @@ def _eval_targets(plan: Plan, evaluation: Evaluation | None = None) -> list[tupl
 def write_results(plan: Plan, log) -> None:
     """Copy every run's records to results/, write the tables and the wall-time account; print the table."""
     for run_dir in sorted(p.parent for p in plan.out.rglob("summary.json")):
-        target = plan.records(run_dir)
-        target.mkdir(parents=True, exist_ok=True)
-        for name in RECORD_FILES:
-            if (run_dir / name).is_file():
-                shutil.copy2(run_dir / name, target / name)
+        copy_records(run_dir, plan.records(run_dir))
     write_tables(plan, log)
+
+
+def copy_records(run_dir: Path, target: Path) -> None:
+    """A finished run's records (``RECORD_FILES``) into ``target``, its folder under results/."""
+    if not (run_dir / "summary.json").is_file():
+        return
+    target.mkdir(parents=True, exist_ok=True)
+    for name in RECORD_FILES:
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, target / name)
 
 
 def check_records(plan: Plan) -> None:
@@ -637,9 +672,11 @@ def with_data_root(table: Table, data_root: str) -> Table:
 
 
 def child_argv(args: argparse.Namespace, plan: Plan) -> list[str]:
-    """This command for a helper process: the same table, seeds and folders, one process."""
-    argv = ["--spec", str(Path(args.spec).resolve())] if args.spec else [args.table]
-    argv += ["--proxy"] * args.proxy + ["--seeds", str(args.seeds), "--out", str(plan.out), "--results", str(plan.results)]
+    """This command for a helper process: the same tables, seeds and folders, one process."""
+    argv = ["--spec", str(Path(args.spec).resolve())] if args.spec else list(args.table)
+    argv += ["--proxy"] * args.proxy + ["--seeds", str(args.seeds), "--results", str(plan.results)]
+    if args.out:
+        argv += ["--out", str(plan.out)]
     if args.data_root:
         argv += ["--data-root", str(Path(args.data_root).resolve())]
     return argv
@@ -648,7 +685,7 @@ def child_argv(args: argparse.Namespace, plan: Plan) -> list[str]:
 @contextmanager
 def helper_jobs(count: int, argv: list[str], out: Path, log):
     """``count - 1`` more processes of this command (``argv``), started beside this one; each process takes an
-    equal share of the cores as threads. They share the table through the runs' holds (``train``, ``run_plan``):
+    equal share of the cores as threads. They share the tables through the runs' holds (``train``, ``run_plans``):
     on a small machine one process per core trains more images per second than one process on all of them."""
     if count == 1:
         yield
@@ -681,7 +718,8 @@ def helper_jobs(count: int, argv: list[str], out: Path, log):
 # ------------------------------------------------------------------------------------------------ command line
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``sslkd reproduce`` and ``python tools/reproduce.py``."""
-    parser.add_argument("table", nargs="?", help="table name (see --list)")
+    parser.add_argument("table", nargs="*", help="table name(s) (see --list); several: their runs are trained seed by "
+                        "seed across the tables, each table written once its runs are finished")
     parser.add_argument("--list", action="store_true", help="list every table with its cost")
     parser.add_argument("--proxy", action="store_true", help="the CPU-proxy version (default: paper scale)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
@@ -714,36 +752,46 @@ def execute(args: argparse.Namespace, log=print, prog: str = "reproduce") -> int
             log(listing(load_tables()))
             return 0
         if args.spec:
-            table = load_spec(args.spec)
+            if args.table:
+                raise UserError(f"--spec {args.spec} is the table: drop the table name(s) {' '.join(args.table)}")
+            chosen = [load_spec(args.spec)]
         else:
             tables = load_tables()
-            if args.table not in tables:
-                raise UserError(f"unknown table {args.table!r}; known: {', '.join(tables)} (or pass --spec FILE)")
-            table = tables[args.table]
+            if not args.table:
+                raise UserError("name a table (see --list) or pass --spec FILE")
+            unknown = [name for name in args.table if name not in tables]
+            if unknown:
+                raise UserError(f"unknown table(s) {', '.join(map(repr, unknown))}; known: {', '.join(tables)} "
+                                "(or pass --spec FILE)")
+            chosen = [tables[name] for name in dict.fromkeys(args.table)]
         if args.seeds < 1:
             raise UserError(f"--seeds {args.seeds}: need at least one seed")
         if args.jobs < 1:
             raise UserError(f"--jobs {args.jobs}: need at least one process")
         if args.data_root:
-            table = with_data_root(table, args.data_root)
-        group = run_folder(table, args.proxy)
+            chosen = [with_data_root(table, args.data_root) for table in chosen]
         results = Path(args.results).resolve()
-        out = results / group if args.tables_only else Path(args.out).resolve() if args.out else ROOT / "runs" / group
-        plan = Plan(table, args.proxy, list(range(args.seeds)), out, results)
-        plan.results.mkdir(parents=True, exist_ok=True)
+        plans = []
+        for table in chosen:
+            group = run_folder(table, args.proxy)
+            out = results / group if args.tables_only else Path(args.out).resolve() if args.out else ROOT / "runs" / group
+            plans.append(Plan(table, args.proxy, list(range(args.seeds)), out, results))
+        results.mkdir(parents=True, exist_ok=True)
         start, cwd = time.perf_counter(), os.getcwd()
         os.chdir(ROOT)  # the configs' data roots (../shared/data/...) are relative to the repository root
         try:
             if args.tables_only:
-                check(plan)
-                check_records(plan)
-                write_tables(plan, log)
+                for plan in plans:
+                    check(plan)
+                    check_records(plan)
+                    write_tables(plan, log)
             else:
                 try:
-                    with helper_jobs(args.jobs, child_argv(args, plan), plan.out, log):
-                        run_plan(plan, log)
+                    with helper_jobs(args.jobs, child_argv(args, plans[0]), plans[0].out, log):
+                        run_plans(plans, log)
                 except Interrupted:
-                    write_results(plan, log)  # what finished is recorded and tabled; the rest continues next call
+                    for plan in plans:  # what finished is recorded and tabled; the rest continues next call
+                        write_results(plan, log)
                     raise
         finally:
             os.chdir(cwd)

@@ -242,3 +242,29 @@ def test_compare_table_mistakes_are_one_line(capsys, tmp_path, argv, expected):
     assert cli(["compare", *(arg.format(tmp=tmp_path) for arg in argv)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected.format(tmp=tmp_path) in err[0], err
+
+
+def test_several_tables_train_seed_by_seed_share_runs_and_write_each_when_done(tmp_path, monkeypatch):
+    root = tmp_path / "checkout"
+    (root / "zoo_configs" / "dino").mkdir(parents=True)
+    (root / "tables").mkdir()
+    for stem in ("a", "b"):
+        (root / "zoo_configs" / "dino" / f"tiny_{stem}.yaml").write_text("method: dino\n")
+    for name, stems in (("first", ["a"]), ("second", ["a", "b"])):
+        spec = {"name": name, "about": "tiny", "configs": [f"zoo_configs/dino/tiny_{s}.yaml" for s in stems],
+                "overrides": tiny_overrides("dino"), "compare": "runs", "runs": "shared"}
+        (root / "tables" / f"{name}.yaml").write_text(yaml.safe_dump(spec))
+    (root / "tables" / "order.txt").write_text("first\nsecond\n")
+    monkeypatch.setattr(reproduce, "ROOT", root)
+    results, log = tmp_path / "results", []
+    argv = ["first", "second", "--proxy", "--seeds", "2", "--results", str(results)]
+    assert reproduce.main(argv, log=log.append) == 0
+
+    out = root / "runs" / "proxy_shared"
+    trained = [line.split()[1] for line in log if line.startswith("train ")]
+    assert trained == [str(out / "dino" / f"tiny_{stem}" / f"seed{seed}") for seed in (0, 1) for stem in ("a", "b")]
+    last_run = out / "dino" / "tiny_b" / "seed1" / "summary.json"
+    assert (results / "first_proxy_runs.md").stat().st_mtime <= last_run.stat().st_mtime  # written when its runs were
+    assert (results / "second_proxy_runs.md").is_file()
+    assert (results / "proxy_shared" / "dino" / "tiny_b" / "seed1" / "summary.json").is_file()
+    assert reproduce.main(["first", "--spec", "x.yaml"]) == 2
