@@ -43,7 +43,7 @@ import time
 import types
 import typing
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -324,7 +324,6 @@ class Plan:
     seeds: list[int]
     out: Path
     results: Path
-    actions: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def suffix(self) -> str:
@@ -387,8 +386,8 @@ def trainings(plans: list[Plan]) -> dict[Path, tuple[Plan, str, list[str]]]:
 
 
 def run_plans(plans: list[Plan], log=print) -> None:
-    """Train, evaluate, copy the run records and write the tables; each plan's ``actions`` get the (action,
-    target) done. A table is evaluated and written once its runs are finished; a finished run's records are copied
+    """Train, evaluate, copy the run records and write the tables (each step is logged: train, resume, restore, skip,
+    busy, wait, eval). A table is evaluated and written once its runs are finished; a finished run's records are copied
     to results/ at once. Several processes may run the same tables at once: each trains the runs the others are
     not training, then waits for the rest, and they take turns at the evaluations."""
     for plan in plans:
@@ -398,7 +397,6 @@ def run_plans(plans: list[Plan], log=print) -> None:
     busy = []
     for run_dir, (plan, config, overrides) in runs.items():
         action = train(_resolve(config), run_dir, overrides, log, plan.records(run_dir))
-        plan.actions.append((action, str(run_dir)))
         if action == "busy":
             busy.append((run_dir, plan, config, overrides))
         elif action != "skip":
@@ -406,8 +404,7 @@ def run_plans(plans: list[Plan], log=print) -> None:
             _write_finished(pending, log)
     for run_dir, plan, config, overrides in busy:
         log(f"wait    {run_dir} (another process is training it)")
-        plan.actions.append((train(_resolve(config), run_dir, overrides, log, plan.records(run_dir), wait=True),
-                             str(run_dir)))
+        train(_resolve(config), run_dir, overrides, log, plan.records(run_dir), wait=True)
         copy_records(run_dir, plan.records(run_dir))
         _write_finished(pending, log)
     _write_finished(pending, log, every=True)
@@ -428,7 +425,7 @@ def _write_finished(pending: list[Plan], log, every: bool = False) -> None:
 def run_evaluations(plan: Plan, log) -> None:
     for evaluation in plan.evaluations():
         if evaluation.per_table:
-            plan.actions.append((evaluate_table(evaluation, plan, log), evaluation.key))
+            evaluate_table(evaluation, plan, log)
             continue
         for run_dir, seed in _eval_targets(plan, evaluation):
             partner = None
@@ -438,8 +435,7 @@ def run_evaluations(plan: Plan, log) -> None:
                 if not (partner / "summary.json").is_file():
                     log(f"skip    {evaluation.key} of {run_dir} (partner {partner} is not part of this table)")
                     continue
-            plan.actions.append((evaluate(evaluation, run_dir, partner, plan.proxy, log),
-                                 f"{evaluation.key}:{run_dir}"))
+            evaluate(evaluation, run_dir, partner, plan.proxy, log)
 
 
 def _eval_targets(plan: Plan, evaluation: Evaluation | None = None) -> list[tuple[Path, int | None]]:
