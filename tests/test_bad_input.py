@@ -62,7 +62,7 @@ def test_unknown_method(capsys, tmp_path):
 
 def test_misspelt_table_names_the_tables_close_to_it(capsys):
     line = fails(capsys, "compare", "--table", "mokd_tabel1_v3")
-    assert "unknown table 'mokd_tabel1_v3' (close: mokd_table1_v3, mokd_table3_v3, mokd_table1_v2)" in line
+    assert "unknown table 'mokd_tabel1_v3' (close: mokd_table1_v3, " in line  # the closest first
 
 
 # ---------------------------------------------------------------------------------------------------- config
