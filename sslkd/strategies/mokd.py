@@ -234,8 +234,9 @@ class MOKD(Strategy):
         feats, tokens, grid = teacher["backbone"].forward_tokens(global_batch)
         outputs = {"mlp": teacher["dino"](feats)}
         if self.uses_thead:
-            embedded = teacher["thead"].embed(tokens, grid)
-            outputs |= {"thead": teacher["thead"].head(embedded), "tokens": embedded}
+            outputs["tokens"] = teacher["thead"].embed(tokens, grid)
+        if "st" in self.terms:
+            outputs["thead"] = teacher["thead"].head(outputs["tokens"])
         return outputs
 
     def _feature_search(self, member: Member, s: dict, peer: Member, peer_teacher: dict, batch: int):
