@@ -21,3 +21,16 @@ def test_isotropic_outputs_spread_as_one_over_root_d():
     isotropic = collapse_check.spread(torch.randn(4096, 16, generator=generator))
     assert isotropic["std"] == pytest.approx(16 ** -0.5, rel=0.05)
     assert abs(isotropic["mean_cos"]) < 0.01 and isotropic["effective_rank"] > 14
+
+
+def test_every_head_of_a_mokd_member_is_measured(tiny_cfg):
+    from sslkd.data import DatasetInfo
+    from sslkd.registry import STRATEGIES
+
+    torch.manual_seed(0)
+    strategy = STRATEGIES.get("mokd")(tiny_cfg("mokd"), DatasetInfo("fake", 10, 32, (0.5,) * 3, (0.25,) * 3, tuple(str(i) for i in range(10)))).eval()
+    images = torch.randn(8, 3, 32, 32)
+    for name, member in strategy.members.items():
+        measured = collapse_check.stages(member.student, images)
+        assert set(measured) == {"backbone", "dino_head", "thead"}, name
+        assert measured["dino_head"]["dim"] == measured["thead"]["dim"] == 32

@@ -4,7 +4,7 @@
     python tools/collapse_check.py RUN_OR_CHECKPOINT [--images 500] [--train-mode]
 
 For each member: the backbone's pooled features and, where the student has them, its projector and predictor
-outputs on ``--images`` training images (evaluation view; ``--train-mode``: batch-norm batch statistics, what the
+outputs and its DINO head's and T-Head's outputs (the logits before the temperature) on ``--images`` training images (evaluation view; ``--train-mode``: batch-norm batch statistics, what the
 loss sees). Per stage: the mean over dimensions of the std over images of the l2-normalised outputs (SimSiam Fig. 2:
 1/sqrt(d) when spread, 0 when collapsed), the effective rank (exp of the entropy of the normalised singular values
 of the centred outputs) and the mean pairwise cosine (1: every image maps to one direction).
@@ -35,6 +35,11 @@ def spread(outputs: torch.Tensor) -> dict[str, float]:
 def stages(student, images: torch.Tensor) -> dict[str, dict[str, float]]:
     features = student["backbone"](images)
     result = {"backbone": spread(features)}
+    if "dino" in student:
+        result["dino_head"] = spread(student["dino"](features))
+    if "thead" in student:
+        _, tokens, grid = student["backbone"].forward_tokens(images)
+        result["thead"] = spread(student["thead"](tokens, grid))
     if "projector" in student:
         projections = student["projector"](features)
         result["projector"] = spread(projections)
