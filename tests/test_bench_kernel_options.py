@@ -1,0 +1,23 @@
+"""tools/bench_kernel_options.py: both sides of every option do the same work, and a step runs."""
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+spec = importlib.util.spec_from_file_location(
+    "bench_kernel_options", Path(__file__).resolve().parents[1] / "tools" / "bench_kernel_options.py")
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+
+
+@pytest.mark.parametrize("option", ["channels_last", "members_in_threads", "views_in_one_pass"])
+def test_both_sides_push_the_same_images_through_the_same_models(option):
+    args = argparse.Namespace(model="resnet18", small_image_stem=True, size=16, batch=2, option=option, threads=1)
+    sides = [bench.Side(args, side) for side in ("baseline", option)]
+    images = [len(side.models) * sum(view.shape[0] for view in side.views) for side in sides]
+    parameters = [sum(p.numel() for model in side.models for p in model.parameters()) for side in sides]
+    assert images[0] == images[1] == 2 * (4 if option == "members_in_threads" else 2 if option == "views_in_one_pass" else 1)
+    assert parameters[0] == parameters[1]
+    assert all(side.step_seconds() > 0 for side in sides)
