@@ -9,6 +9,7 @@ from sslkd.data import DatasetInfo
 from sslkd.losses.dino import dino_loss, feature_search_loss
 from sslkd.registry import STRATEGIES
 from sslkd.strategies.base import StepInfo
+from sslkd.strategies.dino import teacher_temperature
 
 INFO = DatasetInfo("fake", 10, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), tuple(str(i) for i in range(10)))
 STEP = StepInfo(step=3, epoch=0, steps_per_epoch=10, total_steps=100)
@@ -364,3 +365,20 @@ def test_loss_terms_reject_unknown_terms(tiny_cfg):
 
     with pytest.raises(UserError, match="strategy.loss_terms"):
         build(tiny_cfg, extra=["strategy.loss_terms=[sm,kd]"])
+
+
+def test_centred_search_targets_are_a_probe_off_by_default(tiny_cfg):
+    assert not [key for key in build(tiny_cfg).state_dict() if "search" in key]  # the code's L_ct: no center
+    strategy = build(tiny_cfg, extra=["strategy.center_search_targets=true"])
+    center = strategy.search_centers["cnn/search"]
+    center.normal_(generator=torch.Generator().manual_seed(2))
+    before = center.clone()
+    outputs = strategy.network_outputs(views())
+    losses = strategy.losses(outputs, None, None, STEP)
+    student_rows, searched = outputs["searched"]["cnn", "vit"]
+    tau = teacher_temperature(STEP, strategy.options)
+    assert torch.allclose(losses["cnn/ct"], feature_search_loss(student_rows, searched, 0.1, tau, before))
+    assert not torch.allclose(losses["cnn/ct"], feature_search_loss(student_rows, searched, 0.1, tau))
+    strategy.apply_deferred()
+    momentum = strategy.options.center_momentum
+    assert torch.allclose(center, momentum * before + (1 - momentum) * searched.detach().mean(0, keepdim=True))

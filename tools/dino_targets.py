@@ -14,7 +14,7 @@ batch-norm batch statistics, as the loss sees them):
 - ``H(mean target)``: the entropy of the batch-mean target (how many of the K outputs the targets use at all).
 
 Heads: ``dino`` (L_sm; DINO's loss), ``thead`` (MOKD's L_st) and ``search`` (MOKD's L_ct, the peer teacher's
-searched output, not centred). The teacher temperature is the one after its warm-up (``strategy.teacher_temp``).
+searched output, not centred unless the run set ``strategy.center_search_targets``). The teacher temperature is the one after its warm-up (``strategy.teacher_temp``).
 """
 
 from __future__ import annotations
@@ -64,8 +64,9 @@ def monitors(strategy, views: list[torch.Tensor]) -> dict[tuple[str, str], dict[
                 pairs[name, "thead"] = (dino_loss(s["thead"], t["thead"], center, n_crops, 2, tau_s, tau_t),
                                         teacher_probs(t["thead"], tau_t, center))
         for (name, _peer), (student_rows, searched) in outputs["searched"].items():
-            pairs[name, "search"] = (feature_search_loss(student_rows, searched, tau_s, tau_t),
-                                     teacher_probs(searched, tau_t))
+            center = strategy.search_center(name)
+            pairs[name, "search"] = (feature_search_loss(student_rows, searched, tau_s, tau_t, center),
+                                     teacher_probs(searched, tau_t, center))
     result = {}
     for key, (loss, target) in pairs.items():
         h_target = float(entropy(target).mean())

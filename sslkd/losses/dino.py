@@ -67,9 +67,11 @@ def feature_search_loss(
     searched_logits: torch.Tensor,
     student_temp: float = 0.1,
     teacher_temp: float = 0.04,
+    center: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """MOKD L_ct (Eq. 7): H(softmax(searched / tau_t), softmax(t / tau_s)), row i of each paired; no centering.
+    """MOKD L_ct (Eq. 7): H(softmax(searched / tau_t), softmax(t / tau_s)), row i of each paired; no centering
+    (the code), unless a ``center`` is given (``center_search_targets``, a probe).
 
     Averaged over the paired rows (Algorithm 1 halves the sum over the two views; Eq. 7 prints no 1/2).
     """
-    return soft_cross_entropy(teacher_probs(searched_logits, teacher_temp), student_logits, student_temp)
+    return soft_cross_entropy(teacher_probs(searched_logits, teacher_temp, center), student_logits, student_temp)

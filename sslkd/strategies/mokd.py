@@ -33,8 +33,12 @@ Options for paper/code differences (METHODS.md); the paper-reproduction configs 
 - ``layer_distillation`` (DINOOptions): each member's intermediate blocks also distil its own teacher's MLP-Head
   output the SDSSL way (``sslkd.strategies.layerwise``; L_i gains alpha(t) L_isd_i with L_sm's loss and
   temperature), a combination neither paper runs (zoo_configs/combos/mokd_sdssl_layers.yaml).
-L_ct takes no centering, as in the code. The members' graphs are disjoint (targets are teachers or detached), so
-one backward of sum_i L_i equals the code's two backward passes.
+- ``center_search_targets`` (a probe, not the paper's or the code's method; default false): L_ct's targets are
+  centred as L_st's are, each member's searched targets with their own EMA center (``search_centers``). The code
+  centres no searched output; at small scale those targets can collapse onto a few outputs whatever the image
+  (``tools/dino_targets.py``), which this tests.
+L_ct takes no centering, as in the code, unless ``center_search_targets``. The members' graphs are disjoint (targets
+are teachers or detached), so one backward of sum_i L_i equals the code's two backward passes.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ class MOKDOptions(DINOOptions):
     detach_search_query: bool = True
     self_warmup_teacher_temp_epochs: dict[str, float] = field(default_factory=dict)
     loss_terms: list[str] = field(default_factory=lambda: list(LOSS_TERMS))
+    center_search_targets: bool = False
 
 
 LOSS_TERMS = ("sm", "st", "cm", "ct")
@@ -130,6 +135,9 @@ class MOKD(Strategy):
         keys = [f"{name}/dino" for name in self.members]
         self.centers = Centers(keys, opts.out_dim)
         self.thead_centers = Centers([f"{name}/thead" for name in self.members] if "st" in self.terms else [], thead_out)
+        self.centred_search = "ct" in self.terms and opts.center_search_targets
+        self.search_centers = Centers([f"{name}/search" for name in self.members] if self.centred_search else [],
+                                      thead_out)
 
     def self_teacher_temperature(self, step, name: str) -> float:
         """tau_t of member ``name``'s self terms (the code warms the CNN's up over 50 epochs, the rest over 30)."""
@@ -158,7 +166,8 @@ class MOKD(Strategy):
                     for p in peers
                 ) / len(peers),
                 "ct": lambda: sum(
-                    feature_search_loss(*searched[name, p], opts.student_temp, tau_cross) for p in peers
+                    feature_search_loss(*searched[name, p], opts.student_temp, tau_cross, self.search_center(name))
+                    for p in peers
                 ) / len(peers),
             }
             computed = {term: terms[term]() for term in LOSS_TERMS if term in self.terms}
@@ -173,8 +182,15 @@ class MOKD(Strategy):
             if "st" in self.terms:
                 self.defer(partial(self.thead_centers.update, f"{name}/thead", teachers[name]["thead"].detach(),
                                    opts.center_momentum))
+            if self.search_center(name) is not None:
+                targets = torch.cat([searched[name, p][1].detach() for p in self.members if p != name])
+                self.defer(partial(self.search_centers.update, f"{name}/search", targets, opts.center_momentum))
         losses["loss"] = sum(losses[f"{name}/loss"] for name in self.members)
         return losses
+
+    def search_center(self, name: str) -> torch.Tensor | None:
+        """The center of member ``name``'s L_ct targets (``center_search_targets``), else None (the code's L_ct)."""
+        return self.search_centers[f"{name}/search"] if self.centred_search else None
 
     def parameter_declarations(self, member):
         """Both heads' last layers are held still in the first epochs (the code freezes every ``last_layer``), and
