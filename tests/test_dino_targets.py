@@ -13,7 +13,8 @@ from sslkd.errors import UserError
 from sslkd.registry import STRATEGIES
 from sslkd.strategies.base import StepInfo
 
-spec = importlib.util.spec_from_file_location("dino_targets", Path(__file__).resolve().parents[1] / "tools" / "dino_targets.py")
+TOOL = Path(__file__).resolve().parents[1] / "tools" / "dino_targets.py"
+spec = importlib.util.spec_from_file_location("dino_targets", TOOL)
 dino_targets = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(dino_targets)
 

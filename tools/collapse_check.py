@@ -4,10 +4,11 @@
     python tools/collapse_check.py RUN_OR_CHECKPOINT [--images 500] [--train-mode]
 
 For each member: the backbone's pooled features and, where the student has them, its projector and predictor
-outputs and its DINO head's and T-Head's outputs (the logits before the temperature) on ``--images`` training images (evaluation view; ``--train-mode``: batch-norm batch statistics, what the
-loss sees). Per stage: the mean over dimensions of the std over images of the l2-normalised outputs (SimSiam Fig. 2:
-1/sqrt(d) when spread, 0 when collapsed), the effective rank (exp of the entropy of the normalised singular values
-of the centred outputs) and the mean pairwise cosine (1: every image maps to one direction).
+outputs and its DINO head's and T-Head's outputs (the logits before the temperature) on ``--images`` training
+images (evaluation view; ``--train-mode``: batch-norm batch statistics, what the loss sees). Per stage: the mean
+over dimensions of the std over images of the l2-normalised outputs (SimSiam Fig. 2: 1/sqrt(d) when spread, 0 when
+collapsed), the effective rank (exp of the entropy of the normalised singular values of the centred outputs) and the
+mean pairwise cosine (1: every image maps to one direction).
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ batch-norm batch statistics, as the loss sees them):
 - ``H(mean target)``: the entropy of the batch-mean target (how many of the K outputs the targets use at all).
 
 Heads: ``dino`` (L_sm; DINO's loss), ``thead`` (MOKD's L_st) and ``search`` (MOKD's L_ct, the peer teacher's
-searched output, not centred unless the run set ``strategy.center_search_targets``). The teacher temperature is the one after its warm-up (``strategy.teacher_temp``).
+searched output, not centred unless the run set ``strategy.center_search_targets``; ``search/PEER`` per peer when a
+run has more than two members). The teacher temperature is the one after its warm-up (``strategy.teacher_temp``).
 """
 
 from __future__ import annotations
@@ -63,9 +64,10 @@ def monitors(strategy, views: list[torch.Tensor]) -> dict[tuple[str, str], dict[
                 center = strategy.thead_centers[f"{name}/thead"]
                 pairs[name, "thead"] = (dino_loss(s["thead"], t["thead"], center, n_crops, 2, tau_s, tau_t),
                                         teacher_probs(t["thead"], tau_t, center))
-        for (name, _peer), (student_rows, searched) in outputs["searched"].items():
+        for (name, peer), (student_rows, searched) in outputs["searched"].items():
             center = strategy.search_center(name)
-            pairs[name, "search"] = (feature_search_loss(student_rows, searched, tau_s, tau_t, center),
+            head = "search" if len(strategy.members) == 2 else f"search/{peer}"
+            pairs[name, head] = (feature_search_loss(student_rows, searched, tau_s, tau_t, center),
                                      teacher_probs(searched, tau_t, center))
     result = {}
     for key, (loss, target) in pairs.items():
