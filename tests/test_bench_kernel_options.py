@@ -18,7 +18,7 @@ def test_both_sides_push_the_same_images_through_the_same_models(option):
     sides = [bench.Side(args, side) for side in ("baseline", option)]
     images = [len(side.models) * sum(view.shape[0] for view in side.views) for side in sides]
     parameters = [sum(p.numel() for model in side.models for p in model.parameters()) for side in sides]
-    passes_times_views = {"channels_last": 1, "members_in_threads": 4, "views_in_one_pass": 2}[option]
-    assert images[0] == images[1] == 2 * passes_times_views
+    batches_per_step = {"channels_last": 1, "members_in_threads": 4, "views_in_one_pass": 2}[option]
+    assert images[0] == images[1] == 2 * batches_per_step
     assert parameters[0] == parameters[1]
     assert all(side.step_seconds() > 0 for side in sides)
