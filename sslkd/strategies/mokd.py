@@ -182,7 +182,7 @@ class MOKD(Strategy):
             if "st" in self.terms:
                 self.defer(partial(self.thead_centers.update, f"{name}/thead", teachers[name]["thead"].detach(),
                                    opts.center_momentum))
-            if self.search_center(name) is not None:
+            if self.centred_search:
                 targets = torch.cat([searched[name, p][1].detach() for p in self.members if p != name])
                 self.defer(partial(self.search_centers.update, f"{name}/search", targets, opts.center_momentum))
         losses["loss"] = sum(losses[f"{name}/loss"] for name in self.members)
