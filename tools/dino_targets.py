@@ -68,7 +68,7 @@ def monitors(strategy, views: list[torch.Tensor]) -> dict[tuple[str, str], dict[
             center = strategy.search_center(name)
             head = "search" if len(strategy.members) == 2 else f"search/{peer}"
             pairs[name, head] = (feature_search_loss(student_rows, searched, tau_s, tau_t, center),
-                                     teacher_probs(searched, tau_t, center))
+                                 teacher_probs(searched, tau_t, center))
     result = {}
     for key, (loss, target) in pairs.items():
         h_target = float(entropy(target).mean())
