@@ -75,6 +75,11 @@ class Evaluation:
     per_table: bool = False
 
 
+# What a claim can compare (a key of each member's summary record) and how its verdict table names it.
+CLAIM_METRICS = {"knn_top1": "k-NN top-1 (weighted, k=20) of the evaluated encoder",
+                 "test_top1": "test top-1 of the member's classifier at the final epoch"}
+
+
 @dataclass(frozen=True)
 class Claim:
     """A headline comparison over the table's runs: ``treated`` against ``baseline``, each (config folder/stem,
@@ -161,6 +166,9 @@ def load_spec(path: str | Path, name: str | None = None) -> Table:
         raise UserError(f"{path} defines table {raw['name']!r}: name the file after its table ({raw['name']}.yaml)")
     table = _build(Table, {"paper": raw["name"], "about": "", **raw}, str(path))
     _check_configs(table, str(path))
+    unknown = sorted({claim.metric for claim in table.claims} - set(CLAIM_METRICS))
+    if unknown:
+        raise UserError(f"{path}: claim metric(s) {', '.join(unknown)} unknown; use one of {', '.join(CLAIM_METRICS)}")
     return table
 
 
@@ -537,11 +545,12 @@ def verdicts(plan: Plan) -> str:
 
     results = [judge(c.text, *claim_values(plan, c), paired=c.baseline is None, direction=c.direction,
                      threshold=c.threshold) for c in plan.table.claims]
+    measured = " and ".join(dict.fromkeys(CLAIM_METRICS.get(c.metric, c.metric) for c in plan.table.claims))
     return (f"**{plan.table.paper}{' (CPU proxy)' if plan.proxy else ''}: claims and verdicts**\n\n"
-            + verdict_table(results, "measured", "compared with") + "\n- k-NN top-1 (weighted, k=20) of the "
-            "evaluated encoder; 'compared with' is the run's own random-init floor (paired t over seeds) or another "
-            "run (Welch t). The verdict reads the 95% interval of the difference: it excludes 0 on the paper's side "
-            "(reproduced), on the other (reversed), or contains it (within noise).\n")
+            + verdict_table(results, "measured", "compared with") + f"\n- {measured}; 'compared with' is the run's "
+            "own random-init floor (paired t over seeds) or another run (Welch t). The verdict reads the 95% interval "
+            "of the difference: it excludes 0 on the paper's side (reproduced), on the other (reversed), or contains "
+            "it (within noise).\n")
 
 
 def wall_times(plan: Plan, run_dirs: list[Path]) -> str:

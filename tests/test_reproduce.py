@@ -53,6 +53,8 @@ def test_every_table_file_loads_and_validates():
     ({"claims": [{"text": "a", "treated": ["dino/proxy_v3_cifar10_subset_resnet20"]}]},
      "{spec}: claims[0]: treated must be a list of 2 values"),
     ({"proxy_minutes": "ten"}, "{spec}: proxy_minutes must be float, got 'ten'"),
+    ({"claims": [{"text": "a", "treated": ["dino/proxy_v3_cifar10_subset_resnet20", "cnn"], "metric": "knn_top5"}]},
+     "{spec}: claim metric(s) knn_top5 unknown; use one of knn_top1, test_top1"),
 ])
 def test_table_file_mistakes_are_one_line(capsys, tmp_path, change, expected):
     spec = tmp_path / "spec.yaml"
@@ -170,6 +172,7 @@ def test_tiny_table_resumes_and_skips_what_finished(tmp_path, monkeypatch):
     assert (f"| a above its floor | {a['knn_top1']:.2f} (n=1) | {a['random_init']['knn_top1']:.2f} (n=1) | "
             f"{a['knn_top1'] - a['random_init']['knn_top1']:+.2f} | - (paired t) | no interval") in verdicts
     assert f"| a beats b | {a['knn_top1']:.2f} (n=1) | {b['knn_top1']:.2f} (n=1) |" in verdicts
+    assert "\n- k-NN top-1 (weighted, k=20) of the evaluated encoder; 'compared with'" in verdicts
 
     for name in ("tiny_table_proxy.md", "tiny_table_proxy.csv", "tiny_table_proxy_runs.md",
                  "tiny_table_proxy_random_init.md", "tiny_table_proxy_wall.md", "tiny_table_proxy_verdicts.md"):
