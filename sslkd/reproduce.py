@@ -545,7 +545,7 @@ def verdicts(plan: Plan) -> str:
 
     results = [judge(c.text, *claim_values(plan, c), paired=c.baseline is None, direction=c.direction,
                      threshold=c.threshold) for c in plan.table.claims]
-    measured = " and ".join(dict.fromkeys(CLAIM_METRICS.get(c.metric, c.metric) for c in plan.table.claims))
+    measured = " and ".join(dict.fromkeys(CLAIM_METRICS[c.metric] for c in plan.table.claims))
     return (f"**{plan.table.paper}{' (CPU proxy)' if plan.proxy else ''}: claims and verdicts**\n\n"
             + verdict_table(results, "measured", "compared with") + f"\n- {measured}; 'compared with' is the run's "
             "own random-init floor (paired t over seeds) or another run (Welch t). The verdict reads the 95% interval "
