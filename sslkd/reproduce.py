@@ -550,7 +550,8 @@ def verdicts(plan: Plan) -> str:
             + verdict_table(results, "measured", "compared with") + f"\n- {measured}; 'compared with' is the run's "
             "own random-init floor (paired t over seeds) or another run (Welch t). The verdict reads the 95% interval "
             "of the difference: it excludes 0 on the paper's side (reproduced), on the other (reversed), or contains "
-            "it (within noise).\n")
+            "it (within noise). *Seeds to settle*, for a result within noise: the seeds per side at which the interval "
+            "would exclude 0 if the measured means and stds held (a planning figure; new seeds move both).\n")
 
 
 def wall_times(plan: Plan, run_dirs: list[Path]) -> str:

@@ -5,7 +5,7 @@ import math
 import pytest
 from scipy import stats
 
-from sslkd.report.verdicts import judge, mean_std, verdict_table
+from sslkd.report.verdicts import MAX_SEEDS, judge, mean_std, seeds_to_settle, verdict_table
 
 
 def test_welch_interval_by_hand():
@@ -45,3 +45,21 @@ def test_table_rows_show_both_sides_and_the_test():
     assert "| A beats B | 2.00 +- 1.00 (n=3) | 5.00 +- 1.00 (n=3) | -3.00 [-5.27, -0.73] |" in text
     assert "(Welch t) | reversed |" in text
     assert mean_std([47.1]) == "47.10 (n=1)"
+
+
+def test_seeds_to_settle_a_result_within_noise():
+    # paired differences 1 and 3: mean 2, sd sqrt(2); t(0.975, n-1) * sqrt(2/n) first drops below 2 at n = 5
+    # (n=4: 3.182 * 0.707 = 2.25; n=5: 2.776 * 0.632 = 1.76)
+    v = judge("x", [11, 13], [10, 10], paired=True)
+    assert v.verdict == "within noise" and v.seeds_to_settle == 5
+    # Welch, a = [0, 2] (variance 2), b = [0, 0]: difference 1, df n - 1; t * sqrt(2/n): n=10 1.012, n=11 0.950
+    assert judge("x", [0, 2], [0, 0], paired=False).seeds_to_settle == 11
+    assert seeds_to_settle([0, 2], [1, 1], paired=False) is None  # equal means: no number of seeds separates them
+    assert seeds_to_settle([0, 2.2], [1, 1], paired=False) is None  # 0.1 apart, spread 1.56: over MAX_SEEDS
+    assert judge("x", [1, 2, 3], [4, 5, 6], paired=False).seeds_to_settle is None  # already decided
+    rows = verdict_table([judge("a", [11, 13], [10, 10], paired=True), judge("b", [0, 2.2], [1, 1], paired=False),
+                          judge("c", [1, 2, 3], [4, 5, 6], paired=False)]).splitlines()
+    assert rows[0].endswith("| verdict | seeds to settle |")
+    assert rows[2].endswith("| within noise | 5 |")
+    assert rows[3].endswith(f"| within noise | over {MAX_SEEDS} |")
+    assert rows[4].endswith("| reversed |  |")
