@@ -77,8 +77,9 @@ def monitors(strategy, views: list[torch.Tensor]) -> dict[tuple[str, str], dict[
     return result
 
 
-def training_views(strategy, cfg, n_images: int, seed: int) -> list[torch.Tensor]:
-    """The run's own training views of ``n_images`` images spread over the training set, seeded by ``seed``."""
+def training_views(strategy, cfg, n_images: int, seed: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The run's own training views of ``n_images`` images spread over the training set, seeded by ``seed``, and
+    the images' labels."""
     from sslkd.data import build_dataset
     from sslkd.data.batched import BatchedViews
     from sslkd.data.sampling import SeededImages, SeededViews
@@ -90,22 +91,33 @@ def training_views(strategy, cfg, n_images: int, seed: int) -> list[torch.Tensor
     keys = [(index, seed * 1_000_003 + index) for index in range(0, step * n_images, step)][:n_images]
     loader = DataLoader(SeededImages(data) if batched else SeededViews(data, transform), batch_size=len(keys),
                         sampler=keys, collate_fn=BatchedViews(transform) if batched else None)
-    views, _, _ = next(iter(loader))
-    return views
+    views, labels, _ = next(iter(loader))
+    return views, labels
 
 
-def main(argv: list[str] | None = None) -> int:
-    from sslkd.eval.checkpoints import load_strategy
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def run_batch_arguments(doc: str, argv: list[str] | None) -> argparse.Namespace:
+    """The command line of a tool that measures one batch of a run's training views (this one, term_gradients)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("run", help="a run directory or its checkpoint")
     parser.add_argument("--images", type=int, default=256, help="images in the one batch measured")
     parser.add_argument("--seed", type=int, default=0, help="seed of the views")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def run_batch(args: argparse.Namespace):
+    """(strategy in training mode, config, views, labels): the run's trained networks and one batch of its views."""
+    from sslkd.eval.checkpoints import load_strategy
+
+    strategy, cfg = load_strategy(args.run)
+    strategy.train()
+    return (strategy, cfg, *training_views(strategy, cfg, args.images, args.seed))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = run_batch_arguments(__doc__, argv)
     try:
-        strategy, cfg = load_strategy(args.run)
-        strategy.train()
-        measured = monitors(strategy, training_views(strategy, cfg, args.images, args.seed))
+        strategy, _, views, _ = run_batch(args)
+        measured = monitors(strategy, views)
     except UserError as error:
         print(f"dino_targets: error: {error}", file=sys.stderr)
         return 2
