@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from sslkd.config import load_config
 from sslkd.data import DatasetInfo
 from sslkd.registry import STRATEGIES
 from sslkd.strategies.base import StepInfo
@@ -37,6 +38,7 @@ def backbone_gradient(strategy, member: str, loss_key: str) -> torch.Tensor:
 
 
 def test_mokd_terms_carry_their_eq9_weights_and_norms_of_a_plain_backward(tiny_cfg):
+    """MOKD Eq. (9): L_i = L_sm + L_st + lambda_i (L_cm + L_ct); the weights are read off autograd."""
     torch.manual_seed(0)
     strategy = STRATEGIES.get("mokd")(tiny_cfg("mokd"), INFO).train()
     measured = term_gradients.term_gradients(strategy, views(), torch.zeros(4, dtype=torch.long), AFTER_WARM_UP)
@@ -44,8 +46,8 @@ def test_mokd_terms_carry_their_eq9_weights_and_norms_of_a_plain_backward(tiny_c
     for name, member in strategy.members.items():
         terms = measured[name]["terms"]
         assert set(terms) == {"sm", "st", "cm", "ct"}
-        assert {term: weight for term, (_, weight, _) in terms.items()} == {
-            "sm": 1.0, "st": 1.0, "cm": member.cfg.distill_weight, "ct": member.cfg.distill_weight}
+        assert {term: weight for term, (_, weight, _) in terms.items()} == pytest.approx({
+            "sm": 1.0, "st": 1.0, "cm": member.cfg.distill_weight, "ct": member.cfg.distill_weight})
         assert len(measured[name]["cosines"]) == 6
         for term in ("sm", "cm"):
             expected = backbone_gradient(strategy, name, f"{name}/{term}") * terms[term][1]
@@ -71,3 +73,17 @@ def test_a_method_without_named_terms_reports_the_member_loss(tiny_cfg):
     assert set(measured[member]["terms"]) == {"loss"} and measured[member]["cosines"] == {}
     expected = backbone_gradient(strategy, member, f"{member}/loss")
     assert measured[member]["terms"]["loss"][2] == pytest.approx(float(expected.norm()), rel=1e-4)
+
+
+def test_weights_of_another_method_come_from_its_loss():
+    """DoGo: L_i = L_ssl + w_i L_kd (Eq. 4); w_i = members.<name>.distill_weight."""
+    torch.manual_seed(0)
+    tiny = ["train.batch_size=4", "data.train_subset=16", "data.num_workers=0", "eval.knn_k=[5]",
+            "strategy.simclr={hidden_dim: 16, out_dim: 8}", "members.small.distill_weight=0.3",
+            *(f"members.{m}.backbone_args={{widths: [4, 8, 8]}}" for m in ("small", "large"))]
+    strategy = STRATEGIES.get("dogo")(load_config("dogo", None, tiny), INFO).train()
+    batch = [torch.randn(4, 3, 32, 32) for _ in range(2 * len(strategy.members))]
+    measured = term_gradients.term_gradients(strategy, batch, torch.zeros(4, dtype=torch.long), AFTER_WARM_UP)
+    assert measured["small"]["terms"]["ssl"][1] == pytest.approx(1.0)
+    assert measured["small"]["terms"]["kd"][1] == pytest.approx(0.3)
+    assert measured["large"]["terms"]["kd"][1] == pytest.approx(strategy.members["large"].cfg.distill_weight)

@@ -6,8 +6,9 @@
 For every member of the run, on one batch of its own training views (``tools/dino_targets.py``'s), each of the
 member's named loss terms (``mokd``: ``cnn/sm``, ``cnn/st``, ...; a strategy that names no terms: the member's whole
 loss) is back-propagated alone into the member's *backbone*; printed per term: its value, the weight it has in the
-member's loss (MOKD Eq. 9: 1 for the self terms, ``distill_weight`` for the cross terms), the norm of its weighted
-gradient, and the cosine between every two terms' gradients. A term whose weighted gradient is as large as the
+member's loss (read off autograd as d loss / d term, so any weighted sum is covered: MOKD Eq. 9's 1 for the self
+terms and lambda for the cross terms, DoGo's and DML's distillation weights, SDSSL's alpha(t); 0 for a logged term
+the loss does not use), the norm of its weighted gradient, and the cosine between every two terms' gradients. A term whose weighted gradient is as large as the
 method's main term but points away from it (cosine <= 0) is one that the backbone spends its updates on instead of
 the main objective: what MOKD's ablations (Table 7) measure in accuracy, seen in the step itself.
 """
@@ -25,9 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sslkd.errors import UserError  # noqa: E402
 from tools.dino_targets import run_batch, run_batch_arguments  # noqa: E402
 
-CROSS_TERMS = ("cm", "ct")  # MOKD Eq. (9): the terms lambda_i weights
-
-
 def member_terms(losses: dict[str, torch.Tensor], member: str) -> dict[str, torch.Tensor]:
     """The member's named terms (``member/term``), or its whole loss when the strategy names none."""
     terms = {key.split("/", 1)[1]: value for key, value in losses.items()
@@ -44,7 +42,8 @@ def term_gradients(strategy, views: list[torch.Tensor], labels: torch.Tensor, st
     for name, member in strategy.members.items():
         params = [p for p in member.student["backbone"].parameters() if p.requires_grad]
         terms = member_terms(losses, name)
-        weights = {term: member.cfg.distill_weight if term in CROSS_TERMS else 1.0 for term in terms}
+        slopes = torch.autograd.grad(losses[f"{name}/loss"], list(terms.values()), retain_graph=True, allow_unused=True)
+        weights = {term: 0.0 if slope is None else slope.item() for term, slope in zip(terms, slopes)}
         grads = {}
         for term, value in terms.items():
             parts = torch.autograd.grad(weights[term] * value, params, retain_graph=True, allow_unused=True)
