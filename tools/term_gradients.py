@@ -8,9 +8,13 @@ member's named loss terms (``mokd``: ``cnn/sm``, ``cnn/st``, ...; a strategy tha
 loss) is back-propagated alone into the member's *backbone*; printed per term: its value, the weight it has in the
 member's loss (read off autograd as d loss / d term, so any weighted sum is covered: MOKD Eq. 9's 1 for the self
 terms and lambda for the cross terms, DoGo's and DML's distillation weights, SDSSL's alpha(t); 0 for a logged term
-the loss does not use), the norm of its weighted gradient, and the cosine between every two terms' gradients. A term whose weighted gradient is as large as the
-method's main term but points away from it (cosine <= 0) is one that the backbone spends its updates on instead of
-the main objective: what MOKD's ablations (Table 7) measure in accuracy, seen in the step itself.
+the loss does not use), the norm of its weighted gradient, and the cosine between every two terms' gradients.
+Scheduled quantities (teacher temperatures, SDSSL's alpha(t)) take their end-of-training values, as a finished
+run has them; on a mid-run checkpoint they can differ from those of the step it was saved at.
+
+A term whose weighted gradient is as large as the method's main term but points away from it (cosine <= 0) is one
+that the backbone spends its updates on instead of the main objective: what MOKD's ablations (Table 7) measure in
+accuracy, seen in the step itself.
 """
 
 from __future__ import annotations
