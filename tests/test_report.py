@@ -268,6 +268,16 @@ def test_compare_keeps_runs_of_different_settings_apart_and_says_what_differs(tm
     assert len(pooled) == 1 and pooled.Seeds.iloc[0] == "2"
 
 
+def test_a_run_saved_before_lr_scaling_existed_pools_with_one_that_saved_its_linear_default(tmp_path):
+    write_configured_run(tmp_path / "old", 0, None, knn=70.0)
+    write_configured_run(tmp_path / "new", 1, {"members": {"cnn": {"optimizer": {"lr_scaling": "linear"}}}}, knn=72.0)
+    write_configured_run(tmp_path / "unscaled", 2, {"members": {"cnn": {"optimizer": {"lr_scaling": "none"}}}},
+                         knn=60.0)
+    table = runs_table(load_runs([tmp_path]))
+    assert sorted(table["k-NN top-1"]) == ["60.0 (1)", "71.0 +- 1.4 (2)"]
+    assert any("lr_scaling=none" in label for label in table.Method)
+
+
 def test_compare_tells_one_process_from_two(tmp_path):
     write_configured_run(tmp_path / "one", 0, None, knn=70.0, world_size=1)
     write_configured_run(tmp_path / "two", 1, None, knn=60.0, world_size=2)

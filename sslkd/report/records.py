@@ -23,6 +23,9 @@ RUN_COLUMNS = [
     "knn_floor", "world_size", "provenance", "variant",
 ]
 NOT_SETTINGS = ("train.seed", "output_dir", "data.root", "config_file")  # runs differing only here are one setting
+# Keys that ``sslkd train`` resolves and saves, which configs saved before the key existed leave out: the value those
+# runs trained with (every optimiser scaled its lr linearly with the batch before ``lr_scaling`` could say otherwise).
+SAVED_BEFORE_THE_KEY = {"lr_scaling": "linear"}
 REQUIRED_KEYS = ("method", "dataset", "seed", "epochs", "members")
 PAPER_NUMBERS_DIR = Path(__file__).resolve().parents[2] / "zoo_configs" / "paper_numbers"
 
@@ -215,7 +218,11 @@ def run_setting(run_dir: str | Path) -> dict[str, str]:
         raw = to_dict(from_dict(Config, raw))
     except UserError:
         pass  # a config written by another version: compared as it is
-    return {key: value for key, value in flatten(raw).items() if key not in NOT_SETTINGS}
+    setting = {key: value for key, value in flatten(raw).items() if key not in NOT_SETTINGS}
+    for key, value in setting.items():
+        if value == "null" and (default := SAVED_BEFORE_THE_KEY.get(key.rsplit(".", 1)[-1])) is not None:
+            setting[key] = json.dumps(default)
+    return setting
 
 
 def _with_processes(settings: dict[str, dict[str, str]], processes: dict[str, int | None]) -> None:
@@ -252,7 +259,7 @@ def label_variants(runs: pd.DataFrame) -> pd.DataFrame:
             runs.loc[runs.run_dir == run, "variant"] = ", ".join(
                 f"{key}={_shown(setting[key]) if key in setting else 'unset'}" for key in differing)
     runs["tag"] = [("; ".join(filter(None, [tag, variant]))) if variant else tag
-                   for tag, variant in zip(runs.tag, runs.variant)]
+                   for tag, variant in zip(runs.tag.fillna(""), runs.variant)]
     return runs
 
 
