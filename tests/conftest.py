@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sslkd.data import DatasetInfo
 from sslkd.registry import load_plugins
+from sslkd.strategies.base import StepInfo
 
 load_plugins()
 torch.set_num_threads(1)
@@ -78,3 +80,14 @@ def tiny_cfg():
         return load_config(method, None, tiny_overrides(method, epochs) + (extra or []))
 
     return make
+
+
+# A fake 10-class data set and a step past every warm-up: what the strategy-level tool tests build and step with.
+FAKE_INFO = DatasetInfo("fake", 10, 32, (0.5,) * 3, (0.25,) * 3, tuple(str(i) for i in range(10)))
+AFTER_WARM_UP = StepInfo(step=10**6, epoch=10**4, steps_per_epoch=100, total_steps=2 * 10**6)
+
+
+def multicrop_views(batch=4):
+    """Two 32-px global and two 16-px local random crops, the same on every call."""
+    torch.manual_seed(1)
+    return [torch.randn(batch, 3, 32, 32) for _ in range(2)] + [torch.randn(batch, 3, 16, 16) for _ in range(2)]

@@ -8,22 +8,16 @@ import pytest
 import torch
 
 from sslkd.config import load_config
-from sslkd.data import DatasetInfo
+from conftest import AFTER_WARM_UP, FAKE_INFO, multicrop_views
 from sslkd.registry import STRATEGIES
-from sslkd.strategies.base import StepInfo
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("term_gradients", ROOT / "tools" / "term_gradients.py")
 term_gradients = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(term_gradients)
 
-AFTER_WARM_UP = StepInfo(step=10**6, epoch=10**4, steps_per_epoch=100, total_steps=2 * 10**6)
-INFO = DatasetInfo("fake", 10, 32, (0.5,) * 3, (0.25,) * 3, tuple(str(i) for i in range(10)))
-
-
-def views(batch=4):
-    torch.manual_seed(1)
-    return [torch.randn(batch, 3, 32, 32) for _ in range(2)] + [torch.randn(batch, 3, 16, 16) for _ in range(2)]
+INFO = FAKE_INFO
+views = multicrop_views
 
 
 def backbone_gradient(strategy, member: str, loss_key: str) -> torch.Tensor:
