@@ -243,7 +243,8 @@ def write_configured_run(run_dir, seed, changes=None, knn=50.0, floor=None, worl
     from sslkd.config import deep_merge
 
     write_run(run_dir, "dino", seed, {"student": {**member(CNN, knn), "random_init": floor and {"knn_top1": floor}}})
-    config = deep_merge({"method": "dino", "members": {"cnn": {"backbone": "cifar_resnet20"}},
+    config = deep_merge({"method": "dino", "members": {"cnn": {"backbone": "cifar_resnet20",
+                                                               "optimizer": {"name": "sgd"}}},
                          "train": {"seed": seed}, "output_dir": str(run_dir)}, changes or {})
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     if world_size is not None:
@@ -276,6 +277,22 @@ def test_a_run_saved_before_lr_scaling_existed_pools_with_one_that_saved_its_lin
     table = runs_table(load_runs([tmp_path]))
     assert sorted(table["k-NN top-1"]) == ["60.0 (1)", "71.0 +- 1.4 (2)"]
     assert any("lr_scaling=none" in label for label in table.Method)
+
+
+def test_a_run_saved_before_a_strategy_option_existed_pools_with_one_that_saved_its_default(tmp_path):
+    write_configured_run(tmp_path / "old", 0, {"strategy": {"teacher_temp": 0.04}}, knn=70.0)
+    write_configured_run(tmp_path / "new", 1, {"strategy": {"teacher_temp": 0.04, "layer_distillation": None}},
+                         knn=72.0)
+    write_configured_run(tmp_path / "hot", 2, {"strategy": {"teacher_temp": 0.07}}, knn=60.0)
+    table = runs_table(load_runs([tmp_path]))
+    assert sorted(table["k-NN top-1"]) == ["60.0 (1)", "71.0 +- 1.4 (2)"]
+    assert any("teacher_temp=0.07" in label for label in table.Method)
+
+
+def test_runs_that_differ_only_in_loader_workers_are_one_setting(tmp_path):
+    write_configured_run(tmp_path / "one", 0, {"data": {"num_workers": 1}}, knn=70.0)
+    write_configured_run(tmp_path / "two", 1, {"data": {"num_workers": 2}}, knn=72.0)
+    assert runs_table(load_runs([tmp_path]))["k-NN top-1"].tolist() == ["71.0 +- 1.4 (2)"]
 
 
 def test_compare_tells_one_process_from_two(tmp_path):

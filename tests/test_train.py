@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from sslkd.cli import main
@@ -123,3 +124,19 @@ def test_finished_or_stopped_fit_leaves_no_loader_workers_behind(tmp_path, tiny_
     assert multiprocessing.active_children() == []
     assert trainer.fit()["epochs"] == 2  # a stopped trainer can go on
     assert multiprocessing.active_children() == []
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_the_batches_do_not_depend_on_the_loader_worker_count(tmp_path, tiny_cfg, batched):
+    """Each item's views come from its own seed, so runs differing only in data.num_workers are one setting
+    (sslkd.report.records.NOT_SETTINGS)."""
+    batches = []
+    for workers in (0, 2):
+        cfg = tiny_cfg("dino", [f"data.num_workers={workers}", f"data.augment.batched={batched}"])
+        trainer = Trainer(cfg, tmp_path / f"run{workers}")
+        batches.append(next(iter(trainer.loader)))
+        trainer._release_workers()
+    flat = [torch.utils._pytree.tree_leaves(batch) for batch in batches]
+    assert len(flat[0]) == len(flat[1]) > 2
+    for mine, theirs in zip(*flat):
+        assert torch.equal(mine, theirs)

@@ -22,10 +22,9 @@ RUN_COLUMNS = [
     "knn_top1", "linear_top1", "wall_time_s", "tag", "run_dir", "params_m", "knn_dogo_mean", "config",
     "knn_floor", "world_size", "provenance", "variant",
 ]
-NOT_SETTINGS = ("train.seed", "output_dir", "data.root", "config_file")  # runs differing only here are one setting
-# Keys that ``sslkd train`` resolves and saves, which configs saved before the key existed leave out: the value those
-# runs trained with (every optimiser scaled its lr linearly with the batch before ``lr_scaling`` could say otherwise).
-SAVED_BEFORE_THE_KEY = {"lr_scaling": "linear"}
+# Runs differing only here are one setting: the seed, paths, and the loader's worker count (each item's views come
+# from its own seed, so the batches do not depend on which process made them).
+NOT_SETTINGS = ("train.seed", "output_dir", "data.root", "config_file", "data.num_workers")
 REQUIRED_KEYS = ("method", "dataset", "seed", "epochs", "members")
 PAPER_NUMBERS_DIR = Path(__file__).resolve().parents[2] / "zoo_configs" / "paper_numbers"
 
@@ -204,10 +203,8 @@ def flatten(value, prefix: str = "") -> dict[str, str]:
 
 
 def run_setting(run_dir: str | Path) -> dict[str, str]:
-    """What made a run what it is, as far as its config.yaml says: the resolved config (with the defaults of keys added
-    since it was written), without the seed and paths (``NOT_SETTINGS``)."""
-    from sslkd.config import Config, from_dict, to_dict
-
+    """What made a run what it is, as far as its config.yaml says: the config resolved as ``sslkd train`` resolves it
+    today (``resolved_as_trained``), without the seed, paths and worker count (``NOT_SETTINGS``)."""
     try:
         raw = RunDir(run_dir).read_config()
     except (OSError, yaml.YAMLError):
@@ -215,14 +212,32 @@ def run_setting(run_dir: str | Path) -> dict[str, str]:
     if not isinstance(raw, dict):
         raw = {}
     try:
-        raw = to_dict(from_dict(Config, raw))
+        raw = resolved_as_trained(raw)
     except UserError:
-        pass  # a config written by another version: compared as it is
-    setting = {key: value for key, value in flatten(raw).items() if key not in NOT_SETTINGS}
-    for key, value in setting.items():
-        if value == "null" and (default := SAVED_BEFORE_THE_KEY.get(key.rsplit(".", 1)[-1])) is not None:
-            setting[key] = json.dumps(default)
-    return setting
+        pass  # a config written by another version, or for a strategy not loaded here: compared as it is
+    return {key: value for key, value in flatten(raw).items() if key not in NOT_SETTINGS}
+
+
+def resolved_as_trained(raw: dict) -> dict:
+    """A saved config with what ``sslkd train`` fills in and saves today: the defaults of config keys, of the
+    strategy's options and of each optimiser's fields added since it was written. So a run saved before a key existed
+    pools with one that saved the key's default (the trainer resolves the same way: ``Trainer.__init__``)."""
+    from sslkd.config import Config, from_dict, strategy_options, to_dict
+    from sslkd.engine.optim import resolve_optim
+    from sslkd.registry import STRATEGIES, load_builtins
+
+    cfg = from_dict(Config, raw)
+    load_builtins()
+    strategy = STRATEGIES.get(cfg.method)
+    strategy_options(cfg, strategy.Options)
+    for member in cfg.members.values():
+        optimizers = [member.optimizer, *member.module_optimizers.values()]
+        if any(optimizer.name == "auto" for optimizer in optimizers):
+            continue  # only a config never trained leaves the optimiser to the backbone: nothing saved to resolve
+        member.optimizer = resolve_optim(member.optimizer, "", strategy.optimizer_defaults)
+        member.module_optimizers = {module: resolve_optim(optimizer, "", strategy.optimizer_defaults)
+                                    for module, optimizer in member.module_optimizers.items()}
+    return to_dict(cfg)
 
 
 def _with_processes(settings: dict[str, dict[str, str]], processes: dict[str, int | None]) -> None:
