@@ -136,7 +136,14 @@ def test_the_batches_do_not_depend_on_the_loader_worker_count(tmp_path, tiny_cfg
         trainer = Trainer(cfg, tmp_path / f"run{workers}")
         batches.append(next(iter(trainer.loader)))
         trainer._release_workers()
-    flat = [torch.utils._pytree.tree_leaves(batch) for batch in batches]
+    flat = [tensors_of(batch) for batch in batches]
     assert len(flat[0]) == len(flat[1]) > 2
     for mine, theirs in zip(*flat):
         assert torch.equal(mine, theirs)
+
+
+def tensors_of(batch) -> list[torch.Tensor]:
+    """The tensors of a loader batch (nested lists and tuples of views, labels and indices), in order."""
+    if isinstance(batch, torch.Tensor):
+        return [batch]
+    return [tensor for item in batch for tensor in tensors_of(item)]
