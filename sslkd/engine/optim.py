@@ -39,6 +39,13 @@ def resolve_optim(cfg: OptimConfig, backbone_kind: str, method_defaults: dict | 
     return OptimConfig(**values)
 
 
+def resolve_member_optimizers(cfg: MemberConfig, backbone_kind: str, method_defaults: dict | None = None) -> None:
+    """``resolve_optim`` for a member's optimiser and each of its modules' (in place: the run saves the result)."""
+    cfg.optimizer = resolve_optim(cfg.optimizer, backbone_kind, method_defaults)
+    cfg.module_optimizers = {module: resolve_optim(module_cfg, backbone_kind, method_defaults)
+                             for module, module_cfg in cfg.module_optimizers.items()}
+
+
 def param_groups(named_params: Iterable[tuple[str, nn.Parameter]], declared: Declared = Declared()) -> list[dict]:
     """DINO's split: biases and 1-D parameters (norms) get no weight decay; frozen parameters (no gradient, or in a
     ``declared.frozen`` module) are left out. The parameters of modules declared with a fixed lr or an lr or

@@ -43,7 +43,7 @@ from sslkd.engine.optim import (
     check_every_parameter_optimised,
     clip_per_parameter,
     member_optimizers,
-    resolve_optim,
+    resolve_member_optimizers,
 )
 from sslkd.engine.performance import autocast, autocast_dtype, prepare_members
 from sslkd.core.rundir import RunDir
@@ -139,11 +139,7 @@ class Trainer:
         dist.broadcast_state(self.strategy)
         defaults = self.strategy.optimizer_defaults
         for member in self.strategy.members.values():
-            member.cfg.optimizer = resolve_optim(member.cfg.optimizer, member.kind, defaults)
-            member.cfg.module_optimizers = {
-                module: resolve_optim(module_cfg, member.kind, defaults)
-                for module, module_cfg in member.cfg.module_optimizers.items()
-            }
+            resolve_member_optimizers(member.cfg, member.kind, defaults)
         prepare_members(self.strategy, cfg.train)
         self.optimizers: dict[str, MemberOptimizer] = {}
         for name, member in self.strategy.members.items():

@@ -223,7 +223,7 @@ def resolved_as_trained(raw: dict) -> dict:
     strategy's options and of each optimiser's fields added since it was written. So a run saved before a key existed
     pools with one that saved the key's default (the trainer resolves the same way: ``Trainer.__init__``)."""
     from sslkd.config import Config, from_dict, strategy_options, to_dict
-    from sslkd.engine.optim import resolve_optim
+    from sslkd.engine.optim import resolve_member_optimizers
     from sslkd.registry import STRATEGIES, load_builtins
 
     cfg = from_dict(Config, raw)
@@ -234,9 +234,7 @@ def resolved_as_trained(raw: dict) -> dict:
         optimizers = [member.optimizer, *member.module_optimizers.values()]
         if any(optimizer.name == "auto" for optimizer in optimizers):
             continue  # only a config never trained leaves the optimiser to the backbone: nothing saved to resolve
-        member.optimizer = resolve_optim(member.optimizer, "", strategy.optimizer_defaults)
-        member.module_optimizers = {module: resolve_optim(optimizer, "", strategy.optimizer_defaults)
-                                    for module, optimizer in member.module_optimizers.items()}
+        resolve_member_optimizers(member, "", strategy.optimizer_defaults)
     return to_dict(cfg)
 
 
