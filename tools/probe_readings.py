@@ -74,12 +74,23 @@ def report(rows: list[tuple[str, str, str]], epoch: int, member: str, compare_ro
         verdict = judge(name, [treated[s] for s in seeds], [baseline[s] for s in seeds], paired=False)
         lines.append(f"| {name} | {', '.join(map(str, seeds))} | {mean_std([treated[s] for s in seeds])} | "
                      f"{mean_std([baseline[s] for s in seeds])} | {', '.join(f'{d:+.2f}' for d in per_seed)} | "
-                     f"{_difference(verdict)} | {verdict.verdict} |")
+                     f"{_difference(verdict)} | {_reading(verdict)} |")
     if compare_rows:
         verdict = judge("rows", differences[0], differences[1], paired=False)
         lines += ["", f"{rows[0][0]} - {rows[1][0]} (their per-seed differences, Welch t): {_difference(verdict)}, "
-                      f"{verdict.verdict}"]
+                      f"{_reading(verdict)}"]
     return "\n".join(lines)
+
+
+def _reading(verdict) -> str:
+    """The verdict in a probe's words: no paper direction, only which side is ahead beyond noise."""
+    if verdict.low is None:
+        return verdict.verdict
+    if verdict.low > 0:
+        return "above, beyond noise"
+    if verdict.high < 0:
+        return "below, beyond noise"
+    return "within noise"
 
 
 def _difference(verdict) -> str:
