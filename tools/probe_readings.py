@@ -44,9 +44,9 @@ def readings(pattern: str, epoch: int, member: str) -> dict[int, float]:
     """{seed: reading} of every run folder matching ``pattern``, glob patterns separated by commas (a run folder
     holds metrics.jsonl and config.yaml)."""
     matches = sorted({path for part in pattern.split(",") for path in glob.glob(part.strip())})
-    runs = [Path(p) for p in matches if (Path(p) / "metrics.jsonl").is_file()]
+    runs = [Path(p) for p in matches if (Path(p) / "metrics.jsonl").is_file() and (Path(p) / "config.yaml").is_file()]
     if not runs:
-        raise UserError(f"no run folder (with metrics.jsonl) matches {pattern!r}")
+        raise UserError(f"no run folder (with metrics.jsonl and config.yaml) matches {pattern!r}")
     by_seed: dict[int, float] = {}
     for run in runs:
         seed = int(yaml.safe_load((run / "config.yaml").read_text())["train"]["seed"])
@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epoch", type=int, required=True, help="the epoch whose k-NN reading is compared")
     parser.add_argument("--member", required=True, help="the member whose k-NN is read (e.g. vit, cnn)")
     parser.add_argument("--row", nargs=3, action="append", required=True, metavar=("NAME", "TREATED", "BASELINE"),
-                        help="a row: its name and the run folders of each side (glob patterns, comma-separated; quote them)")
+                        help="a row: its name and the run folders of each side (glob patterns, comma-separated; "
+                             "quote them)")
     parser.add_argument("--compare-rows", action="store_true",
                         help="judge the first row's per-seed differences against the second row's")
     args = parser.parse_args(argv)
