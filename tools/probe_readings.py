@@ -69,20 +69,21 @@ def report(rows: list[tuple[str, str, str]], epoch: int, member: str, compare_ro
         seeds = sorted(set(treated) & set(baseline))
         if not seeds:
             raise UserError(f"row {name!r}: no seed in both {treated_pattern!r} and {baseline_pattern!r}")
-        per_seed = [treated[s] - baseline[s] for s in seeds]
+        ours, theirs = [treated[s] for s in seeds], [baseline[s] for s in seeds]
+        per_seed = [a - b for a, b in zip(ours, theirs)]
         differences.append(per_seed)
-        verdict = judge(name, [treated[s] for s in seeds], [baseline[s] for s in seeds], paired=False)
-        lines.append(f"| {name} | {', '.join(map(str, seeds))} | {mean_std([treated[s] for s in seeds])} | "
-                     f"{mean_std([baseline[s] for s in seeds])} | {', '.join(f'{d:+.2f}' for d in per_seed)} | "
-                     f"{_difference(verdict)} | {_reading(verdict)} |")
+        verdict = judge(name, ours, theirs, paired=False)
+        lines.append(f"| {name} | {', '.join(map(str, seeds))} | {mean_std(ours)} | {mean_std(theirs)} | "
+                     f"{', '.join(f'{d:+.2f}' for d in per_seed)} | "
+                     f"{_difference(verdict)} | {_plain_verdict(verdict)} |")
     if compare_rows:
         verdict = judge("rows", differences[0], differences[1], paired=False)
         lines += ["", f"{rows[0][0]} - {rows[1][0]} (their per-seed differences, Welch t): {_difference(verdict)}, "
-                      f"{_reading(verdict)}"]
+                      f"{_plain_verdict(verdict)}"]
     return "\n".join(lines)
 
 
-def _reading(verdict) -> str:
+def _plain_verdict(verdict) -> str:
     """The verdict in a probe's words: no paper direction, only which side is ahead beyond noise."""
     if verdict.low is None:
         return verdict.verdict
