@@ -61,3 +61,13 @@ def test_comma_separated_patterns_and_clear_errors(tmp_path):
         probe_readings.readings(str(tmp_path / "missing*"), 10, "vit")
     assert probe_readings.main(["--epoch", "20", "--member", "vit", "--row", "x", str(tmp_path / "a"),
                                 str(tmp_path / "b")]) == 2
+
+
+def test_a_gain_over_the_floor_reads_the_same_runs_at_epoch_0_paired(tmp_path):
+    for seed, (floor, later) in enumerate([(28.0, 37.0), (29.0, 41.0), (27.0, 40.0)]):
+        fake_run(tmp_path / f"run{seed}", seed, {0: floor, 70: later})
+    runs = str(tmp_path / "run*")
+    table = probe_readings.report([("gain", runs, runs)], 70, "vit", baseline_epoch=0, paired=True)
+    expected = judge("gain", [37.0, 41.0, 40.0], [28.0, 29.0, 27.0], paired=True)
+    assert "| +9.00, +12.00, +13.00 |" in table and "(paired t)" in table
+    assert f"{expected.difference:+.2f} [{expected.low:+.2f}, {expected.high:+.2f}]" in table
