@@ -12,13 +12,13 @@ bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)
 
 
-@pytest.mark.parametrize("option", ["channels_last", "members_in_threads", "views_in_one_pass"])
+@pytest.mark.parametrize("option", ["channels_last", "onednn_linear", "members_in_threads", "views_in_one_pass"])
 def test_both_sides_push_the_same_images_through_the_same_models(option):
     args = argparse.Namespace(model="resnet18", small_image_stem=True, size=16, batch=2, option=option, threads=1)
     sides = [bench.Side(args, side) for side in ("baseline", option)]
     images = [len(side.models) * sum(view.shape[0] for view in side.views) for side in sides]
     parameters = [sum(p.numel() for model in side.models for p in model.parameters()) for side in sides]
-    batches_per_step = {"channels_last": 1, "members_in_threads": 4, "views_in_one_pass": 2}[option]
+    batches_per_step = {"channels_last": 1, "onednn_linear": 1, "members_in_threads": 4, "views_in_one_pass": 2}[option]
     assert images[0] == images[1] == 2 * batches_per_step
     assert parameters[0] == parameters[1]
     assert all(side.step_seconds() > 0 for side in sides)

@@ -1,4 +1,4 @@
-"""Do faster ways to run the same products exist on this machine? Four candidates, measured.
+"""Do faster ways to run the same products exist on this machine? Five candidates, measured.
 
 The side-by-side benchmark (tools/bench_official.py) finds that on equal work both sides spend most of a step in
 the same matrix products and convolutions; a larger speed-up needs a faster way to run them. This measures the
@@ -7,11 +7,14 @@ results/benchmarks_official.md can say whether any is worth adopting:
 
     python tools/bench_kernel_options.py resnet18 --size 32 --batch 32 --option channels_last
     python tools/bench_kernel_options.py vit_small_patch16_224 --size 64 --batch 16 --option compile
+    python tools/bench_kernel_options.py vit_small_patch16_224 --size 64 --batch 16 --option onednn_linear
     python tools/bench_kernel_options.py resnet18 --small-image-stem --size 32 --batch 16 --option members_in_threads
     python tools/bench_kernel_options.py resnet18 --small-image-stem --size 32 --batch 16 --option views_in_one_pass
 
 - ``channels_last``: the model and its input in channels-last memory layout.
 - ``compile``: ``torch.compile`` (inductor) of the model.
+- ``onednn_linear``: the Linear layers' products (forward and backward) through oneDNN instead of torch's CPU path
+  (MKL), as ``train.linear_kernel=auto`` runs them on a CPU (``sslkd.engine.performance.OneDNNLinears``).
 - ``members_in_threads``: two models (the two members of DoGo or MOKD), each fed two views of ``--batch`` images;
   the baseline steps them one after the other with ``--threads`` threads, the variant steps each in its own Python
   thread with ``--threads / 2`` threads (the members' graphs are disjoint, so the work is the same).
@@ -26,6 +29,7 @@ Each side builds its models from the same seed; the two sides are timed alternat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -38,9 +42,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sslkd.engine.performance import OneDNNLinears  # noqa: E402
 from sslkd.models.backbones import build_backbone  # noqa: E402
 
-OPTIONS = ("channels_last", "compile", "members_in_threads", "views_in_one_pass")
+OPTIONS = ("channels_last", "compile", "onednn_linear", "members_in_threads", "views_in_one_pass")
 
 
 class Side:
@@ -74,7 +79,9 @@ class Side:
     def step_model(self, index: int, threads: int) -> None:
         torch.set_num_threads(threads)
         model, optimizer = self.models[index], self.optimizers[index]
-        sum(model(view).pow(2).mean() for view in self.views).backward()
+        with OneDNNLinears() if self.option == "onednn_linear" else contextlib.nullcontext():
+            loss = sum(model(view).pow(2).mean() for view in self.views)
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 

@@ -1,10 +1,11 @@
 """``sslkd bench``: what a strategy costs beyond the network passes it needs.
 
 On one fixed batch it times (interleaved, medians) full training steps and the strategy's ``network_passes``
-(students forward and backward, teachers forward) under the run's own precision, memory format and compilation
-(``train.precision``, ``train.channels_last``, ``train.compile``); their ratio is the runner's overhead: losses,
-EMA updates, centers, clipping, optimiser steps, bookkeeping. Both wall time and process CPU time are taken: on a
-machine shared with other jobs the wall clock counts time spent waiting for a core, the CPU time much less so.
+(students forward and backward, teachers forward) under the run's own precision, Linear-layer kernel, memory format
+and compilation (``train.precision``, ``train.linear_kernel``, ``train.channels_last``, ``train.compile``); their
+ratio is the runner's overhead: losses, EMA updates, centers, clipping, optimiser steps, bookkeeping. Both wall
+time and process CPU time are taken: on a machine shared with other jobs the wall clock counts time spent waiting
+for a core, the CPU time much less so.
 It also times the data pipeline alone and exact k-NN against a bare matrix product of the same size.
 """
 
@@ -18,7 +19,6 @@ import time
 import torch
 
 from sslkd.config import Config
-from sslkd.engine.performance import autocast
 from sslkd.engine.trainer import Trainer
 from sslkd.eval.knn import knn_predict
 from sslkd.strategies.base import StepInfo
@@ -60,7 +60,7 @@ def bench_steps(trainer: Trainer, steps: int, warmup: int, max_seconds: float = 
     def passes() -> None:
         for part in trainer.optimizers.values():
             part.optimizer.zero_grad(set_to_none=True)
-        with autocast(trainer.device, trainer.autocast_dtype):
+        with trainer.forward_context():
             output = strategy.network_passes(device_views)
         output.backward()
 
@@ -128,6 +128,7 @@ def run_bench(cfg: Config, steps: int = 5, warmup: int = 1, data_batches: int = 
         data_images_per_s = bench_data(trainer, data_batches, max_seconds / 2)
         device = trainer.device
         precision = str(trainer.autocast_dtype or torch.float32).removeprefix("torch.")
+        kernel = trainer.linear_kernel
     knn_time, mm_time = bench_knn(*knn_size)
     batch = cfg.train.batch_size
     train_images_per_s = batch / times["step_s"]
@@ -136,6 +137,7 @@ def run_bench(cfg: Config, steps: int = 5, warmup: int = 1, data_batches: int = 
         "batch_size": batch,
         "device": str(device),
         "precision": precision,
+        "linear_kernel": kernel,
         "channels_last": cfg.train.channels_last,
         "compile": cfg.train.compile,
         **times,

@@ -45,7 +45,7 @@ from sslkd.engine.optim import (
     member_optimizers,
     resolve_member_optimizers,
 )
-from sslkd.engine.performance import autocast, autocast_dtype, prepare_members
+from sslkd.engine.performance import autocast_dtype, forward_context, linear_kernel, prepare_members
 from sslkd.core.rundir import RunDir
 from sslkd.core.schedules import cosine, warmup_cosine
 from sslkd.errors import UserError
@@ -148,6 +148,7 @@ class Trainer:
         check_every_parameter_optimised(self.strategy, self.optimizers)
         self.autocast_dtype = autocast_dtype(cfg.train, self.device)
         self.use_amp = self.autocast_dtype == torch.float16  # fp16 needs loss scaling; bf16 does not
+        self.linear_kernel = linear_kernel(cfg.train, self.device, self.autocast_dtype)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
 
         batch = cfg.train.batch_size
@@ -222,6 +223,10 @@ class Trainer:
         return lrs
 
     # ----------------------------------------------------------------------------------------------- one step
+    def forward_context(self):
+        """The run's precision and Linear-layer kernel (``train.precision``, ``train.linear_kernel``)."""
+        return forward_context(self.device, self.autocast_dtype, self.linear_kernel)
+
     def train_step(self, views, labels, indices, info: StepInfo) -> dict[str, torch.Tensor] | None:
         """One optimisation step; returns the losses (detached, averaged over processes), or None when a
         non-finite loss (in any process) made it skip the step."""
@@ -229,7 +234,7 @@ class Trainer:
         labels = labels.to(self.device, non_blocking=True)
         indices = indices.to(self.device, non_blocking=True)
         restore_norm_statistics = self._norm_statistics_snapshot() if self.cfg.train.on_nonfinite == "skip" else None
-        with autocast(self.device, self.autocast_dtype):
+        with self.forward_context():
             losses = self.strategy(views, labels, indices, info)
         values = dist.all_reduce_mean(torch.stack([value.detach().float() for value in losses.values()]))
         reported = dict(zip(losses, values))

@@ -1,0 +1,119 @@
+"""``train.linear_kernel``: oneDNN computes the same Linear products and gradients as torch's path (to fp32
+rounding), only for fp32 CPU tensors, and a run trains the same model with either kernel."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sslkd.config import TrainConfig
+from sslkd.engine.performance import OneDNNLinearFunction, OneDNNLinears, linear_kernel, onednn_linear
+from sslkd.engine.trainer import Trainer
+from sslkd.errors import UserError
+from sslkd.strategies.base import StepInfo
+
+pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+
+
+def _inputs(shape, out_features, bias, transposed):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=generator, dtype=torch.float64)
+    if transposed:  # a strided input, as tokens read out of a feature map are
+        x = x.transpose(-1, -2).contiguous().transpose(-1, -2)
+    weight = torch.randn(out_features, shape[-1], generator=generator, dtype=torch.float64)
+    b = torch.randn(out_features, generator=generator, dtype=torch.float64) if bias else None
+    return x, weight, b
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (2, 6, 7), (7,)])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_products_and_gradients_equal_float64_reference(shape, bias, transposed):
+    if transposed and len(shape) < 2:
+        pytest.skip("a vector has no transposed layout")
+    x64, w64, b64 = _inputs(shape, 9, bias, transposed)
+    grad_out = torch.randn(*shape[:-1], 9, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def run(fn, dtype):
+        x, w = (t.to(dtype, copy=True).requires_grad_() for t in (x64, w64))
+        b = b64.to(dtype, copy=True).requires_grad_() if bias else None
+        y = fn(x, w, b)
+        y.backward(grad_out.to(dtype))
+        return [t.double() for t in (y, x.grad, w.grad) + ((b.grad,) if bias else ())]
+
+    reference = run(F.linear, torch.float64)
+    ours = run(onednn_linear, torch.float32)
+    assert ours[0].shape == (*shape[:-1], 9)
+    for got, expected in zip(ours, reference):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_mode_routes_only_fp32_cpu_linears():
+    x, w, b = (t.float() for t in _inputs((4, 3), 5, True, False))
+    seen = []
+    original = OneDNNLinearFunction.apply
+
+    def spy(*args):
+        seen.append(args[0].dtype)
+        return original(*args)
+
+    OneDNNLinearFunction.apply = spy
+    try:
+        with OneDNNLinears():
+            F.linear(x, w, b)
+            torch.nn.Linear(3, 5)(x)
+            F.linear(x.double(), w.double(), b.double())  # float64: torch's path
+            x @ w.t()  # not a Linear: untouched
+    finally:
+        OneDNNLinearFunction.apply = original
+    assert seen == [torch.float32, torch.float32]
+
+
+def test_output_takes_in_place_ops():
+    """nn.ReLU(inplace=True) after a Linear (MCL's and DoGo's heads) modifies the layer's output in place."""
+    for shape in ((4, 3), (2, 4, 3)):
+        x, w, b = (t.float().requires_grad_() for t in _inputs(shape, 5, True, False))
+        with OneDNNLinears():
+            y = torch.relu_(F.linear(x, w, b))
+        y.sum().backward()
+        expected = F.linear(x.detach(), w.detach(), b.detach()) > 0
+        torch.testing.assert_close(b.grad, expected.reshape(-1, 5).sum(0).float())
+
+
+def test_teacher_forward_under_no_grad_builds_no_graph():
+    x, w, b = (t.float() for t in _inputs((4, 3), 5, True, False))
+    w.requires_grad_()
+    with torch.no_grad(), OneDNNLinears():
+        y = F.linear(x, w, b)
+    assert y.grad_fn is None and not y.requires_grad
+
+
+def test_kernel_choice():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert linear_kernel(TrainConfig(), cpu, None) == "onednn"
+    assert linear_kernel(TrainConfig(), cpu, torch.bfloat16) == "torch"  # autocast keeps torch's path
+    assert linear_kernel(TrainConfig(), cuda, None) == "torch"
+    assert linear_kernel(TrainConfig(linear_kernel="torch"), cpu, None) == "torch"
+    with pytest.raises(UserError, match="linear_kernel=onednn runs fp32 products on a CPU"):
+        linear_kernel(TrainConfig(linear_kernel="onednn"), cuda, None)
+
+
+def _step(trainer: Trainer) -> dict:
+    views, labels, indices = next(iter(trainer.loader))
+    info = StepInfo(trainer.total_steps // 2 + 1, 0, trainer.steps_per_epoch, trainer.total_steps)
+    trainer.set_schedules(info)
+    return trainer.train_step(views, labels, indices, info)
+
+
+@pytest.mark.parametrize("method", ["dino", "mokd"])
+def test_a_step_trains_the_same_model_with_either_kernel(tiny_cfg, tmp_path, method):
+    results = {}
+    for kernel in ("onednn", "torch"):
+        trainer = Trainer(tiny_cfg(method, [f"train.linear_kernel={kernel}", "train.device=cpu"]), tmp_path / kernel)
+        assert trainer.linear_kernel == kernel
+        losses = _step(trainer)
+        results[kernel] = ({k: v.detach() for k, v in losses.items()},
+                           {k: v.detach().clone() for k, v in trainer.strategy.state_dict().items()})
+    for name, value in results["torch"][0].items():
+        torch.testing.assert_close(results["onednn"][0][name], value, rtol=1e-4, atol=1e-5)
+    for name, value in results["torch"][1].items():
+        torch.testing.assert_close(results["onednn"][1][name], value, rtol=1e-3, atol=1e-4)
