@@ -1,9 +1,12 @@
 """``train.linear_kernel``: oneDNN computes the same Linear products and gradients as torch's path (to fp32
 rounding), only for fp32 CPU tensors, and a run trains the same model with either kernel."""
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from sslkd.config import TrainConfig
 from sslkd.engine.performance import OneDNNLinearFunction, OneDNNLinears, linear_kernel, onednn_linear
@@ -14,11 +17,13 @@ from sslkd.strategies.base import StepInfo
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
 
 
-def _inputs(shape, out_features, bias, transposed):
+def _inputs(shape, out_features, bias, layout="row-major"):
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(*shape, generator=generator, dtype=torch.float64)
-    if transposed:  # a strided input, as tokens read out of a feature map are
+    if layout == "column-major":  # as tokens read out of a feature map are
         x = x.transpose(-1, -2).contiguous().transpose(-1, -2)
+    if layout == "sliced":  # as a CLS token taken out of [B, N, C] tokens is
+        x = torch.stack([x, x + 1], dim=-2)[..., 0, :]
     weight = torch.randn(out_features, shape[-1], generator=generator, dtype=torch.float64)
     b = torch.randn(out_features, generator=generator, dtype=torch.float64) if bias else None
     return x, weight, b
@@ -26,11 +31,11 @@ def _inputs(shape, out_features, bias, transposed):
 
 @pytest.mark.parametrize("shape", [(5, 7), (2, 6, 7), (7,)])
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("transposed", [False, True])
-def test_products_and_gradients_equal_float64_reference(shape, bias, transposed):
-    if transposed and len(shape) < 2:
-        pytest.skip("a vector has no transposed layout")
-    x64, w64, b64 = _inputs(shape, 9, bias, transposed)
+@pytest.mark.parametrize("layout", ["row-major", "column-major", "sliced"])
+def test_products_and_gradients_equal_float64_reference(shape, bias, layout):
+    if layout != "row-major" and len(shape) < 2:
+        pytest.skip("a vector has one layout")
+    x64, w64, b64 = _inputs(shape, 9, bias, layout)
     grad_out = torch.randn(*shape[:-1], 9, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
 
     def run(fn, dtype):
@@ -48,7 +53,7 @@ def test_products_and_gradients_equal_float64_reference(shape, bias, transposed)
 
 
 def test_mode_routes_only_fp32_cpu_linears():
-    x, w, b = (t.float() for t in _inputs((4, 3), 5, True, False))
+    x, w, b = (t.float() for t in _inputs((4, 3), 5, True))
     seen = []
     original = OneDNNLinearFunction.apply
 
@@ -71,7 +76,7 @@ def test_mode_routes_only_fp32_cpu_linears():
 def test_output_takes_in_place_ops():
     """nn.ReLU(inplace=True) after a Linear (MCL's and DoGo's heads) modifies the layer's output in place."""
     for shape in ((4, 3), (2, 4, 3)):
-        x, w, b = (t.float().requires_grad_() for t in _inputs(shape, 5, True, False))
+        x, w, b = (t.float().requires_grad_() for t in _inputs(shape, 5, True))
         with OneDNNLinears():
             y = torch.relu_(F.linear(x, w, b))
         y.sum().backward()
@@ -80,11 +85,23 @@ def test_output_takes_in_place_ops():
 
 
 def test_teacher_forward_under_no_grad_builds_no_graph():
-    x, w, b = (t.float() for t in _inputs((4, 3), 5, True, False))
+    x, w, b = (t.float() for t in _inputs((4, 3), 5, True))
     w.requires_grad_()
     with torch.no_grad(), OneDNNLinears():
         y = F.linear(x, w, b)
     assert y.grad_fn is None and not y.requires_grad
+
+
+def test_flop_counter_counts_the_products_as_matrix_products():
+    x, w, b = (t.float().requires_grad_() for t in _inputs((2, 6, 3), 5, True))
+    counts = {}
+    for name, context in (("torch", contextlib.nullcontext()), ("onednn", OneDNNLinears())):
+        with FlopCounterMode(display=False) as flops:
+            with context:
+                y = F.linear(x, w, b)
+            y.sum().backward()
+        counts[name] = flops.get_total_flops()
+    assert counts["onednn"] == counts["torch"] == 3 * 2 * 12 * 3 * 5  # forward, grad input, grad weight
 
 
 def test_kernel_choice():

@@ -60,7 +60,7 @@ TARGET_SPEEDUP = 1.25
 NOTES_MARKER = "<!-- notes below this line are written by hand and kept when the page is regenerated -->"
 DENSE_KERNELS = frozenset({
     "aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::mkldnn_convolution", "aten::convolution_backward",
-    "aten::_slow_conv2d_forward", "aten::_slow_conv2d_backward",
+    "aten::_slow_conv2d_forward", "aten::_slow_conv2d_backward", "mkldnn::_linear_pointwise",
 })
 
 

@@ -4,11 +4,13 @@ applied by the trainer and by ``sslkd bench`` in exactly the same way, so the be
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 from torch.overrides import TorchFunctionMode
+from torch.utils.flop_counter import register_flop_formula
 
 from sslkd.config import TrainConfig
 from sslkd.errors import UserError
@@ -48,6 +50,7 @@ class OneDNNLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        x, weight = _row_or_column_major(x), _row_or_column_major(weight)
         ctx.save_for_backward(x, weight)
         return _onednn_product(x, weight, bias)
 
@@ -67,7 +70,23 @@ class OneDNNLinearFunction(torch.autograd.Function):
 
 def _onednn_product(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``a @ b.T (+ bias)`` for ``a`` [M, K] and ``b`` [N, K]."""
-    return torch.ops.mkldnn._linear_pointwise(a, b, bias, "none", [], "")
+    return torch.ops.mkldnn._linear_pointwise(_row_or_column_major(a), _row_or_column_major(b), bias, "none", [], "")
+
+
+if torch.backends.mkldnn.is_available():
+    @register_flop_formula(torch.ops.mkldnn._linear_pointwise)
+    def _onednn_product_flops(x_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
+        """``torch.utils.flop_counter`` counts these products as it counts ``aten.mm``'s: 2 M N K."""
+        return 2 * math.prod(x_shape[:-1]) * weight_shape[0] * x_shape[-1]
+
+
+def _row_or_column_major(matrix: torch.Tensor) -> torch.Tensor:
+    """``matrix`` itself when it is row- or column-major, else a row-major copy: oneDNN reads both layouts at full
+    speed but any other stride (a CLS token sliced out of [B, N, C] tokens, an expanded gradient) sends it to a
+    reference kernel ~100x slower."""
+    if matrix.is_contiguous() or matrix.t().is_contiguous():
+        return matrix
+    return matrix.contiguous()
 
 
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
