@@ -160,7 +160,7 @@ def write_page(store: dict, before_label: str) -> str:
         "(students forward + backward, teachers forward) on the same batch, median wall time (the line",
         "`sslkd bench` ends with); *by CPU time* is the same ratio of process CPU time, which waiting for a busy",
         "core does not inflate. *Data x* = images/s the data loader delivers alone / images/s training consumes.",
-        (f"Targets: overhead ratio <= {TARGETS['overhead_ratio']}, data x >= {TARGETS['data_to_train']}, k-NN <= "
+        (f"Targets: overhead ratio <= {TARGETS['overhead_ratio']:.2f}, data x >= {TARGETS['data_to_train']}, k-NN <= "
          f"{TARGETS['knn_to_matmul']}x the matrix product, each bench < {TARGETS['bench_wall_s']:.0f} s."),
         "",
     ]
@@ -214,7 +214,7 @@ def missed_targets(run: dict) -> list[str]:
             misses.append(f"{method}: `sslkd bench` failed ({r['error']})")
             continue
         if r.get("overhead_ratio", 0) > TARGETS["overhead_ratio"]:
-            misses.append(f"{method}: overhead ratio {r['overhead_ratio']:.2f} > {TARGETS['overhead_ratio']} "
+            misses.append(f"{method}: overhead ratio {r['overhead_ratio']:.2f} > {TARGETS['overhead_ratio']:.2f} "
                           f"(by CPU time {r.get('overhead_ratio_cpu', float('nan')):.2f})")
         if r.get("data_to_train", float("inf")) < TARGETS["data_to_train"]:
             misses.append(f"{method}: data pipeline {r['data_to_train']:.1f}x training < {TARGETS['data_to_train']}x")
