@@ -109,9 +109,12 @@ def test_kernel_choice():
     assert linear_kernel(TrainConfig(), cpu, None) == "onednn"
     assert linear_kernel(TrainConfig(), cpu, torch.bfloat16) == "torch"  # autocast keeps torch's path
     assert linear_kernel(TrainConfig(), cuda, None) == "torch"
+    assert linear_kernel(TrainConfig(compile=True), cpu, None) == "torch"  # inductor lowers the products itself
     assert linear_kernel(TrainConfig(linear_kernel="torch"), cpu, None) == "torch"
-    with pytest.raises(UserError, match="linear_kernel=onednn runs fp32 products on a CPU"):
-        linear_kernel(TrainConfig(linear_kernel="onednn"), cuda, None)
+    for train, device in ((TrainConfig(linear_kernel="onednn"), cuda),
+                          (TrainConfig(linear_kernel="onednn", compile=True), cpu)):
+        with pytest.raises(UserError, match="linear_kernel=onednn runs fp32 products on a CPU"):
+            linear_kernel(train, device, None)
 
 
 def _step(trainer: Trainer) -> dict:

@@ -33,13 +33,15 @@ def linear_kernel(train: TrainConfig, device: torch.device, dtype: torch.dtype |
     every non-Intel x86 CPU, while oneDNN uses the widest vector unit there is (on this project's AMD EPYC with
     AVX-512 a ViT-S/16 training step at 64 px, batch 16, is 1.63x faster: ``python tools/bench_kernel_options.py
     vit_small_patch16_224 --size 64 --batch 16 --option onednn_linear``).
-    Reduced precision (autocast) keeps torch's path, which already hands bf16 products to oneDNN.
+    Reduced precision (autocast) keeps torch's path, which already hands bf16 products to oneDNN, and so does
+    ``train.compile`` (inductor lowers the products itself and cannot take them as a custom autograd function).
     """
     choice = train.linear_kernel
-    usable = device.type == "cpu" and dtype is None and torch.backends.mkldnn.is_available()
+    usable = (device.type == "cpu" and dtype is None and not train.compile
+              and torch.backends.mkldnn.is_available())
     if choice == "onednn" and not usable:
         raise UserError("train.linear_kernel=onednn runs fp32 products on a CPU with oneDNN (torch built with "
-                        "mkldnn); set train.linear_kernel=auto")
+                        "mkldnn, train.compile=false); set train.linear_kernel=auto")
     return "onednn" if choice == "onednn" or (choice == "auto" and usable) else "torch"
 
 
