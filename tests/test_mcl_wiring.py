@@ -393,6 +393,25 @@ def test_lmcl_meta_hypergradient_matches_finite_differences_and_leaves_the_loss_
     assert projection.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+def test_lmcl_meta_hypergradient_reaches_the_weight_network_under_the_onednn_linear_kernel():
+    """The trainer runs a CPU fp32 step under ``OneDNNLinears`` (``train.linear_kernel=auto``); the meta-gradient
+    differentiates through the Linear layers' gradients, so the oneDNN function must keep them differentiable
+    (tests/test_onednn_linear.py checks its second derivatives' values; this look-ahead amplifies fp32 rounding
+    too much to compare its values across kernels: a 1e-6 nudge of the weights moves them as much)."""
+    from sslkd.engine.performance import OneDNNLinears
+
+    strategy = meta_cohort().float()
+    with OneDNNLinears():
+        with_meta = strategy.losses(strategy.network_outputs([v.float() for v in images()]), LABELS, torch.arange(8),
+                                    StepInfo(0, 0, 4, 4))
+    assert with_meta["loss"].grad_fn is not None
+    with_meta["loss"].backward()
+    weight_network = [p.grad for n, p in strategy.named_parameters() if "pair_weight_proj" in n]
+    assert weight_network and all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0
+                                  for g in weight_network)
+
+
 def test_lmcl_meta_needs_batch_mining():
     from sslkd.errors import UserError
 

@@ -52,6 +52,23 @@ def test_products_and_gradients_equal_float64_reference(shape, bias, layout):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_second_derivatives_equal_torch_kernel():
+    """A backward with create_graph=True (L-MCL's meta-gradient) stays differentiable and exact: the gradient of
+    ||dL/dW1||^2 with respect to W2 through a two-layer tanh network, in fp32, either kernel."""
+    x, w1 = (t.float() for t in _inputs((6, 4), 5, False)[:2])
+    w2 = torch.randn(3, 5, generator=torch.Generator().manual_seed(2))
+    results = []
+    for context in (contextlib.nullcontext(), OneDNNLinears()):
+        a, b = w1.clone().requires_grad_(), w2.clone().requires_grad_()
+        with context:
+            loss = F.linear(torch.tanh(F.linear(x, a)), b).pow(2).sum()
+            (grad_a,) = torch.autograd.grad(loss, a, create_graph=True)
+            (second,) = torch.autograd.grad(grad_a.pow(2).sum(), b)
+        results.append(second)
+    assert results[0].abs().sum() > 0
+    torch.testing.assert_close(results[1], results[0], rtol=1e-4, atol=1e-5)
+
+
 def test_mode_routes_only_fp32_cpu_linears():
     x, w, b = (t.float() for t in _inputs((4, 3), 5, True))
     seen = []

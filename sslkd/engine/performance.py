@@ -8,7 +8,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import register_flop_formula
 
@@ -48,23 +47,25 @@ def linear_kernel(train: TrainConfig, device: torch.device, dtype: torch.dtype |
 class OneDNNLinearFunction(torch.autograd.Function):
     """``y = x W^T + b`` for rows ``x`` [M, K] and its gradients, every product through oneDNN
     (``mkldnn::_linear_pointwise``, which reads transposed operands in place): the products of ``F.linear``, another
-    kernel. ``onednn_linear`` takes inputs of any rank."""
+    kernel. ``onednn_linear`` takes inputs of any rank.
+
+    A backward that builds a graph (``create_graph=True``: L-MCL's meta-gradient differentiates through its
+    look-ahead steps) takes torch's differentiable ``mm`` instead, so gradients of gradients stay exact."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        x, weight = _row_or_column_major(x), _row_or_column_major(weight)
         ctx.save_for_backward(x, weight)
         return _onednn_product(x, weight, bias)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
+        differentiable = torch.is_grad_enabled()
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_x = _onednn_product(grad, weight.t())
+            grad_x = grad.mm(weight) if differentiable else _onednn_product(grad, weight.t())
         if ctx.needs_input_grad[1]:
-            grad_weight = _onednn_product(grad.t(), x.t())
+            grad_weight = grad.t().mm(x) if differentiable else _onednn_product(grad.t(), x.t())
         if ctx.needs_input_grad[2]:
             grad_bias = grad.sum(0)
         return grad_x, grad_weight, grad_bias
