@@ -26,7 +26,7 @@ def autocast_dtype(train: TrainConfig, device: torch.device) -> torch.dtype | No
 
 
 def linear_kernel(train: TrainConfig, device: torch.device, dtype: torch.dtype | None) -> str:
-    """``onednn`` or ``torch``: who computes the fp32 matrix products of the Linear layers in the forward passes.
+    """``onednn`` or ``torch``: who computes the Linear layers' fp32 matrix products (forward passes and backward).
 
     ``auto`` takes oneDNN for fp32 on a CPU: torch's own CPU path calls MKL's sgemm, which runs its AVX2 code on
     every non-Intel x86 CPU, while oneDNN uses the widest vector unit there is (on this project's AMD EPYC with
