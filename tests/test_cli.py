@@ -67,8 +67,8 @@ def test_list_names_everything(capsys):
 def test_bench_names_its_two_overhead_ratios(capsys, monkeypatch):
     from sslkd.engine import bench
 
-    figures = {"method": "dino", "batch_size": 64, "device": "cpu", "precision": "float32", "timed_steps": 3,
-               "step_s": 0.2, "network_s": 0.16, "overhead_ratio": 1.25, "overhead_ratio_cpu": 1.05,
+    figures = {"method": "dino", "batch_size": 64, "device": "cpu", "precision": "float32", "linear_kernel": "onednn",
+               "timed_steps": 3, "step_s": 0.2, "network_s": 0.16, "overhead_ratio": 1.25, "overhead_ratio_cpu": 1.05,
                "train_images_per_s": 320.0, "data_images_per_s": 900.0, "data_workers": 2, "data_to_train": 2.8,
                "peak_memory_mb": 800.0, "knn_size": [100, 20, 8], "knn_s": 0.1, "matmul_s": 0.08, "knn_to_matmul": 1.2}
     monkeypatch.setattr(bench, "run_bench", lambda *a, **k: figures)
@@ -78,6 +78,7 @@ def test_bench_names_its_two_overhead_ratios(capsys, monkeypatch):
     assert out.strip().splitlines()[-1] == "overhead ratio: 1.25"
     assert re.search(r"overhead ratio \(wall clock; the line below\) .* 1\.25", out)
     assert re.search(r"overhead ratio by CPU time \(all threads\) .* 1\.05", out)
+    assert "onednn Linear layers" in out
 
 
 def test_eval_knn_accepts_a_run_directory(capsys, tmp_path):

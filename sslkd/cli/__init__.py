@@ -297,7 +297,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
     else:
         table = Table(title=f"sslkd bench: {result['method']} (batch {result['batch_size']}, {result['device']}, "
-                            f"{result['precision']}, {result['timed_steps']} timed steps)")
+                            f"{result['precision']}, {result['linear_kernel']} Linear layers, {result['timed_steps']} "
+                            "timed steps)")
         table.add_column("measure")
         table.add_column("value", justify="right")
         rows = [
