@@ -54,6 +54,16 @@ def tiny_overrides(method: str = "mokd", epochs: int = 1) -> list[str]:
     return overrides
 
 
+def step_past_warmup(trainer) -> dict:
+    """One training step of ``trainer``'s first batch past the lr warm-up (so the weights move); its losses."""
+    from sslkd.strategies.base import StepInfo
+
+    views, labels, indices = next(iter(trainer.loader))
+    info = StepInfo(trainer.total_steps // 2 + 1, 0, trainer.steps_per_epoch, trainer.total_steps)
+    trainer.set_schedules(info)
+    return trainer.train_step(views, labels, indices, info)
+
+
 class Stopped(Exception):
     """Stands for the process dying inside a step."""
 

@@ -6,13 +6,13 @@ import contextlib
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import step_past_warmup
 from torch.utils.flop_counter import FlopCounterMode
 
 from sslkd.config import TrainConfig
 from sslkd.engine.performance import OneDNNLinearFunction, OneDNNLinears, linear_kernel, onednn_linear
 from sslkd.engine.trainer import Trainer
 from sslkd.errors import UserError
-from sslkd.strategies.base import StepInfo
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
 
@@ -134,20 +134,13 @@ def test_kernel_choice():
             linear_kernel(train, device, None)
 
 
-def _step(trainer: Trainer) -> dict:
-    views, labels, indices = next(iter(trainer.loader))
-    info = StepInfo(trainer.total_steps // 2 + 1, 0, trainer.steps_per_epoch, trainer.total_steps)
-    trainer.set_schedules(info)
-    return trainer.train_step(views, labels, indices, info)
-
-
 @pytest.mark.parametrize("method", ["dino", "mokd"])
 def test_a_step_trains_the_same_model_with_either_kernel(tiny_cfg, tmp_path, method):
     results = {}
     for kernel in ("onednn", "torch"):
         trainer = Trainer(tiny_cfg(method, [f"train.linear_kernel={kernel}", "train.device=cpu"]), tmp_path / kernel)
         assert trainer.linear_kernel == kernel
-        losses = _step(trainer)
+        losses = step_past_warmup(trainer)
         results[kernel] = ({k: v.detach() for k, v in losses.items()},
                            {k: v.detach().clone() for k, v in trainer.strategy.state_dict().items()})
     for name, value in results["torch"][0].items():

@@ -3,6 +3,7 @@ transforms, and the precision / channels-last / compile options train the same m
 
 import pytest
 import torch
+from conftest import step_past_warmup
 from torchvision.transforms import v2
 
 from sslkd.config import TrainConfig
@@ -15,7 +16,6 @@ from sslkd.data.transforms import (
 from sslkd.engine.performance import autocast_dtype, channels_last_safe, prepare_members
 from sslkd.engine.trainer import Trainer
 from sslkd.errors import UserError
-from sslkd.strategies.base import StepInfo
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
@@ -80,14 +80,6 @@ def test_precision_choices():
         autocast_dtype(TrainConfig(precision="fp16-amp"), cpu)
 
 
-def _step(trainer: Trainer) -> dict:
-    """One step past the lr warm-up (so the weights move)."""
-    views, labels, indices = next(iter(trainer.loader))
-    info = StepInfo(trainer.total_steps // 2 + 1, 0, trainer.steps_per_epoch, trainer.total_steps)
-    trainer.set_schedules(info)
-    return trainer.train_step(views, labels, indices, info)
-
-
 def _weights(module: torch.nn.Module) -> dict:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
@@ -97,7 +89,7 @@ def test_bf16_autocast_trains_on_cpu(tiny_cfg, tmp_path, method):
     trainer = Trainer(tiny_cfg(method, ["train.precision=bf16", "train.device=cpu"]), tmp_path)
     assert trainer.autocast_dtype == torch.bfloat16 and not trainer.use_amp
     before = _weights(trainer.strategy)
-    losses = _step(trainer)
+    losses = step_past_warmup(trainer)
     assert losses is not None and torch.isfinite(losses["loss"])
     after = trainer.strategy.state_dict()
     for name in trainer.strategy.members:
@@ -115,7 +107,7 @@ def test_channels_last_cnn_weights_and_same_step(tiny_cfg, tmp_path):
         member = trainer.strategy.members["cnn"]
         convs = [m.weight for m in member.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]
         assert convs and all(w.is_contiguous(memory_format=torch.channels_last) == (layout == "true") for w in convs)
-        losses = _step(trainer)
+        losses = step_past_warmup(trainer)
         results[layout] = (losses["loss"].detach(), _weights(member))
     torch.testing.assert_close(results["true"][0], results["false"][0], rtol=1e-4, atol=1e-5)
     for key, value in results["false"][1].items():
@@ -132,7 +124,7 @@ def test_channels_last_left_out_where_onednn_breaks(tiny_cfg, tmp_path):
         assert channels_last_safe(member) is expected
         stem = next(m.weight for m in member.modules() if isinstance(m, torch.nn.Conv2d))
         assert stem.is_contiguous(memory_format=torch.channels_last) is expected
-        assert torch.isfinite(_step(trainer)["loss"])
+        assert torch.isfinite(step_past_warmup(trainer)["loss"])
 
 
 def test_compile_option_wraps_backbones_and_heads_keeping_checkpoint_keys(tiny_cfg):

@@ -22,7 +22,8 @@ every backbone per step (forward hooks), FLOPs of one whole step (``torch.utils.
 resident memory of a process that ran only that side. That process also profiles one step (``torch.profiler``)
 and sums the self CPU time of the dense kernels (``DENSE_KERNELS``: matrix products and convolutions), which equal
 work makes the same on both sides: the official step over sslkd's dense-kernel time is the speed-up sslkd would
-reach if it spent nothing else (the *ceiling* column).
+reach if it spent nothing else (the *ceiling* column). The .json keeps each side's heaviest operators of that
+step (``heaviest_ops``), where the rest of the time goes.
 
 What cannot run as written on a CPU, or with today's packages, is patched at run time only, listed in
 ``PATCHES`` and printed in the report. Logging sinks (TensorBoard, Lightning's logger) get no-op writers: sslkd's
@@ -519,11 +520,13 @@ def worker_work(method: str, checkout: Path, side: str) -> dict:
     }
 
 
-def dense_kernel_share(profiler) -> dict:
-    """Self CPU seconds of one profiled step in ``DENSE_KERNELS``, and of all its operators."""
-    ops = profiler.key_averages()
+def dense_kernel_share(profiler, heaviest: int = 15) -> dict:
+    """Self CPU seconds of one profiled step in ``DENSE_KERNELS``, and of all its operators; and the ``heaviest``
+    operators by self CPU time ([name, seconds, calls]), where the rest of the step goes."""
+    ops = sorted(profiler.key_averages(), key=lambda op: op.self_cpu_time_total, reverse=True)
     return {"dense_kernel_s": sum(op.self_cpu_time_total for op in ops if op.key in DENSE_KERNELS) / 1e6,
-            "profiled_op_s": sum(op.self_cpu_time_total for op in ops) / 1e6}
+            "profiled_op_s": sum(op.self_cpu_time_total for op in ops) / 1e6,
+            "heaviest_ops": [[op.key, op.self_cpu_time_total / 1e6, op.count] for op in ops[:heaviest]]}
 
 
 # ------------------------------------------------------------------------------------------- orchestration
