@@ -135,12 +135,16 @@ def test_kernel_choice():
 
 
 @pytest.mark.parametrize("method", ["dino", "mokd"])
-def test_a_step_trains_the_same_model_with_either_kernel(tiny_cfg, tmp_path, method):
-    results = {}
+def test_a_step_trains_the_same_model_with_either_kernel(tiny_cfg, tmp_path, method, monkeypatch):
+    results, products = {}, []
+    original = OneDNNLinearFunction.apply
+    monkeypatch.setattr(OneDNNLinearFunction, "apply", lambda *args: products.append(1) or original(*args))
     for kernel in ("onednn", "torch"):
         trainer = Trainer(tiny_cfg(method, [f"train.linear_kernel={kernel}", "train.device=cpu"]), tmp_path / kernel)
         assert trainer.linear_kernel == kernel
+        products.clear()
         losses = step_past_warmup(trainer)
+        assert bool(products) == (kernel == "onednn")  # the trainer's step enters the kernel's mode, or does not
         results[kernel] = ({k: v.detach() for k, v in losses.items()},
                            {k: v.detach().clone() for k, v in trainer.strategy.state_dict().items()})
     for name, value in results["torch"][0].items():
