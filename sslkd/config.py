@@ -101,7 +101,9 @@ class TrainConfig:
     on CPU or GPU (no scaling needed); ``fp16-amp`` needs a GPU. ``linear_kernel`` picks who runs the fp32 products of
     the Linear layers: ``auto`` is oneDNN on a CPU in fp32 without ``compile`` (faster than torch's MKL call on
     non-Intel CPUs) and torch's own path elsewhere; ``torch`` keeps torch's path. ``channels_last`` stores CNN members' weights
-    (and so their activations) channels-last. ``compile`` wraps every backbone in ``torch.compile``.
+    (and so their activations) channels-last, except in blocks with k x k convolutions of 256 or more channels whose
+    output has fewer than ``channels_last_min_positions`` positions (batch x height x width at the global crop),
+    which run faster in NCHW (0: channels-last everywhere). ``compile`` wraps every backbone in ``torch.compile``.
     """
 
     epochs: int = 100
@@ -112,6 +114,7 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16-amp"] = "auto"
     linear_kernel: Literal["auto", "onednn", "torch"] = "auto"
     channels_last: bool = True
+    channels_last_min_positions: int = 1024
     compile: bool = False
     log_every: int = 10
     checkpoint_every: int = 1
@@ -367,6 +370,8 @@ def validate(cfg: Config) -> None:
     _at_least("train.log_every", cfg.train.log_every, 1, "log every 1 or more steps")
     _at_least("train.checkpoint_every", cfg.train.checkpoint_every, 1, "checkpoint every 1 or more epochs")
     _at_least("train.checkpoint_every_steps", cfg.train.checkpoint_every_steps, 0, "use 0 (off) or a step count")
+    _at_least("train.channels_last_min_positions", cfg.train.channels_last_min_positions, 0,
+              "use 0 (channels-last everywhere) or a number of positions")
     _at_least("data.num_workers", cfg.data.num_workers, 0, "use 0 (load in the main process) or more workers")
     _at_least("eval.batch_size", cfg.eval.batch_size, 1, "use a batch of at least 1 image")
     _at_least("eval.every_epochs", cfg.eval.every_epochs, 0, "use 0 (only at the end) or an epoch count")

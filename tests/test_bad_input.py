@@ -199,6 +199,7 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(capsys, tmp_path, 
     ("train.epochs=0", "train.epochs=0 trains nothing"),
     ("train.batch_size=0", "config key 'train.batch_size': 0 is below 1"),
     ("data.num_workers=-1", "config key 'data.num_workers': -1 is below 0"),
+    ("train.channels_last_min_positions=-1", "config key 'train.channels_last_min_positions': -1 is below 0"),
     ("data.augment.global_scale=[1.5,0.2]", "config key 'data.augment.global_scale': [1.5, 0.2] is not a range"),
     ("data.augment.local_scale=[0.4,0.05]", "write the smaller number first: data.augment.local_scale=[0.05,0.4]"),
 ])

@@ -13,7 +13,7 @@ from sslkd.data.transforms import (
     ViewAugment,
     blur_kernel_size,
 )
-from sslkd.engine.performance import autocast_dtype, channels_last_safe, prepare_members
+from sslkd.engine.performance import autocast_dtype, channels_last_safe, prepare_members, small_wide_blocks
 from sslkd.engine.trainer import Trainer
 from sslkd.errors import UserError
 
@@ -112,6 +112,50 @@ def test_channels_last_cnn_weights_and_same_step(tiny_cfg, tmp_path):
     torch.testing.assert_close(results["true"][0], results["false"][0], rtol=1e-4, atol=1e-5)
     for key, value in results["false"][1].items():
         torch.testing.assert_close(results["true"][1][key], value, rtol=1e-3, atol=1e-4)
+
+
+def test_small_wide_blocks_are_the_last_stage_of_a_small_batch():
+    """ResNet-18 at 32 px: its last stage (512 channels, 4x4 maps) has 256 positions at batch 16 and 1024 at batch
+    64; narrower stages never count; the probe pass leaves batch-norm statistics and the training mode alone."""
+    from sslkd.models.backbones import build_backbone
+
+    backbone = build_backbone("resnet18", small_image_stem=True).train()
+    statistics = {k: v.clone() for k, v in backbone.state_dict().items() if "running" in k}
+    assert small_wide_blocks(backbone, 16, 32, 1024) == ["layer4.0", "layer4.1"]
+    assert small_wide_blocks(backbone, 32, 32, 1024) == ["layer4.0", "layer4.1"]
+    assert small_wide_blocks(backbone, 64, 32, 1024) == []
+    assert small_wide_blocks(backbone, 4, 32, 1024) == ["layer3.0", "layer3.1", "layer4.0", "layer4.1"]
+    assert small_wide_blocks(backbone, 16, 32, 0) == []
+    assert backbone.training
+    assert all(torch.equal(backbone.state_dict()[k], v) for k, v in statistics.items())
+    narrow = build_backbone("cifar_resnet20")
+    assert small_wide_blocks(narrow, 1, 8, 10**9) == []
+
+
+def test_small_wide_blocks_run_nchw_and_compute_the_same_step(tiny_cfg, tmp_path):
+    """A CNN whose last stage is 256 wide at 8x8 x 4 images: that stage's weights are NCHW in student and teacher,
+    the rest channels-last, its input turns NCHW; the step equals the all-channels-last and the all-NCHW steps."""
+    wide = ["train.device=cpu", "train.batch_size=4", "members.cnn.backbone_args={widths: [8, 16, 256]}"]
+    results = {}
+    for name, extra in (("mixed", []), ("channels_last", ["train.channels_last_min_positions=0"]),
+                        ("nchw", ["train.channels_last=false"])):
+        trainer = Trainer(tiny_cfg("dino", wide + extra), tmp_path / name)
+        member = trainer.strategy.members["cnn"]
+        for backbone in (member.student["backbone"], member.teacher.module["backbone"]):
+            for block_name, block in backbone.blocks():
+                weight = block.conv1.weight
+                nchw = name == "nchw" or (name == "mixed" and block_name.startswith("stages.2"))
+                assert weight.is_contiguous(memory_format=torch.channels_last) is not nchw, (name, block_name)
+        seen = []
+        block = dict(member.student["backbone"].blocks())["stages.2.0"]
+        block.register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous()), prepend=False)
+        losses = step_past_warmup(trainer)
+        assert seen and all(seen) is (name != "channels_last"), (name, seen)
+        results[name] = (losses["loss"].detach(), _weights(member))
+    for name in ("channels_last", "nchw"):
+        torch.testing.assert_close(results["mixed"][0], results[name][0], rtol=1e-4, atol=1e-5)
+        for key, value in results[name][1].items():
+            torch.testing.assert_close(results["mixed"][1][key], value, rtol=1e-3, atol=1e-4)
 
 
 def test_channels_last_left_out_where_onednn_breaks(tiny_cfg, tmp_path):

@@ -1,4 +1,4 @@
-"""Do faster ways to run the same products exist on this machine? Five candidates, measured.
+"""Do faster ways to run the same products exist on this machine? Six candidates, measured.
 
 The side-by-side benchmark (tools/bench_official.py) finds that on equal work both sides spend most of a step in
 the same matrix products and convolutions; a larger speed-up needs a faster way to run them. This measures the
@@ -10,6 +10,7 @@ results/benchmarks_official.md can say whether any is worth adopting:
     python tools/bench_kernel_options.py vit_small_patch16_224 --size 64 --batch 16 --option onednn_linear
     python tools/bench_kernel_options.py resnet18 --small-image-stem --size 32 --batch 16 --option members_in_threads
     python tools/bench_kernel_options.py resnet18 --small-image-stem --size 32 --batch 16 --option views_in_one_pass
+    python tools/bench_kernel_options.py resnet18 --small-image-stem --size 32 --batch 16 --option small_blocks_nchw
 
 - ``channels_last``: the model and its input in channels-last memory layout.
 - ``compile``: ``torch.compile`` (inductor) of the model.
@@ -21,6 +22,9 @@ results/benchmarks_official.md can say whether any is worth adopting:
 - ``views_in_one_pass``: one model fed two views of ``--batch`` images, one pass per view (the baseline, what the
   authors' SimCLR and DoGo do) against one pass over both views stacked (the same products, twice as tall; for a
   network with batch norm this pools the statistics over both views, so it measures only what the kernels gain).
+- ``small_blocks_nchw``: the baseline is the model and its input channels-last; the variant runs the blocks that
+  ``sslkd.engine.performance.small_wide_blocks`` picks at this batch and size (wide k x k convolutions on few
+  positions) in NCHW, as ``train.channels_last`` does by default.
 
 Each side builds its models from the same seed; the two sides are timed alternately (baseline, variant, baseline,
 ...) and the medians printed. Pause background training first: the numbers are wall-clock.
@@ -42,10 +46,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sslkd.engine.performance import OneDNNLinears  # noqa: E402
+from sslkd.config import TrainConfig  # noqa: E402
+from sslkd.engine.performance import OneDNNLinears, run_blocks_nchw, small_wide_blocks  # noqa: E402
 from sslkd.models.backbones import build_backbone  # noqa: E402
 
-OPTIONS = ("channels_last", "compile", "onednn_linear", "members_in_threads", "views_in_one_pass")
+OPTIONS = ("channels_last", "compile", "onednn_linear", "members_in_threads", "views_in_one_pass", "small_blocks_nchw")
 
 
 class Side:
@@ -54,23 +59,27 @@ class Side:
     def __init__(self, args: argparse.Namespace, option: str):
         self.option = option
         self.threads = args.threads
+        self.channels_last = option == "channels_last" or args.option == "small_blocks_nchw"
         n_models = 2 if args.option == "members_in_threads" else 1
         n_views = 2 if args.option in ("members_in_threads", "views_in_one_pass") else 1
         self.models, self.optimizers = [], []
         for index in range(n_models):
             torch.manual_seed(index)
-            if args.small_image_stem:
-                model = build_backbone(args.model, small_image_stem=True)
+            if args.small_image_stem or args.option == "small_blocks_nchw":
+                model = build_backbone(args.model, small_image_stem=args.small_image_stem)
             else:
                 kwargs = {"img_size": args.size} if "vit" in args.model else {}
                 model = timm.create_model(args.model, num_classes=0, **kwargs)
-            if option == "channels_last":
+            if self.channels_last:
                 model = model.to(memory_format=torch.channels_last)
+            if option == "small_blocks_nchw":
+                run_blocks_nchw(model, small_wide_blocks(model, args.batch, args.size,
+                                                         TrainConfig().channels_last_min_positions))
             self.optimizers.append(torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True))
             self.models.append(torch.compile(model) if option == "compile" else model)
         generator = torch.Generator().manual_seed(1)
         self.views = [torch.randn(args.batch, 3, args.size, args.size, generator=generator) for _ in range(n_views)]
-        if option == "channels_last":
+        if self.channels_last:
             self.views = [view.contiguous(memory_format=torch.channels_last) for view in self.views]
         if option == "views_in_one_pass":
             self.views = [torch.cat(self.views)]

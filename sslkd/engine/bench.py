@@ -139,6 +139,7 @@ def run_bench(cfg: Config, steps: int = 5, warmup: int = 1, data_batches: int = 
         "precision": precision,
         "linear_kernel": kernel,
         "channels_last": cfg.train.channels_last,
+        "channels_last_min_positions": cfg.train.channels_last_min_positions,
         "compile": cfg.train.compile,
         **times,
         "train_images_per_s": train_images_per_s,

@@ -135,17 +135,77 @@ def channels_last_safe(module: torch.nn.Module) -> bool:
                    and m.in_channels < 8 for m in module.modules())
 
 
+WIDE_CONV_CHANNELS = 256  # a block whose k x k convolutions are this wide may run faster in the default layout
+
+
+def small_wide_blocks(backbone: torch.nn.Module, batch: int, image_size: int, min_positions: int) -> list[str]:
+    """Blocks of a CNN backbone that train faster in the default (NCHW) layout than channels-last: those whose
+    k x k convolutions (k > 1) have at least ``WIDE_CONV_CHANNELS`` output channels and whose output has fewer than
+    ``min_positions`` positions in a pass of ``batch`` images at ``image_size`` (batch x height x width).
+
+    For such blocks oneDNN's channels-last weight gradient is the slow part (ResNet-18's last stage at 4x4 x 16
+    images: 70 ms forward and backward channels-last against 45 ms in NCHW; ResNet-50's last two at 64 px, batch 4,
+    likewise), while wider maps are faster channels-last (``python tools/bench_kernel_options.py resnet18
+    --small-image-stem --size 32 --batch 16 --option small_blocks_nchw``). The output sizes come from one probe
+    pass of a single image, without gradients and with batch norm in evaluation mode (no statistics change)."""
+    blocks = dict(backbone.blocks())
+    wide = {name for name, block in blocks.items()
+            if max((m.out_channels for m in block.modules() if isinstance(m, torch.nn.Conv2d)
+                    and max(m.kernel_size) > 1), default=0) >= WIDE_CONV_CHANNELS}
+    if not wide or min_positions <= 0:
+        return []
+    positions: dict[str, int] = {}
+
+    def record(name: str):
+        def hook(module, args, output) -> None:
+            positions[name] = batch * output.shape[-2] * output.shape[-1]
+        return hook
+
+    hooks = [blocks[name].register_forward_hook(record(name)) for name in wide]
+    first_conv = next(m for m in backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    probe = torch.zeros(1, first_conv.in_channels, image_size, image_size, device=first_conv.weight.device)
+    training = backbone.training
+    try:
+        backbone.eval()
+        with torch.no_grad():
+            backbone(probe)
+    finally:
+        backbone.train(training)
+        for hook in hooks:
+            hook.remove()
+    return [name for name in blocks if name in wide and positions[name] < min_positions]
+
+
+def _nchw_input(module: torch.nn.Module, args: tuple) -> tuple:
+    return (args[0].contiguous(),) + args[1:]
+
+
+def run_blocks_nchw(backbone: torch.nn.Module, names: list[str]) -> None:
+    """NCHW weights for the named blocks of a channels-last backbone, and NCHW input (one copy where the previous
+    block hands over channels-last activations)."""
+    blocks = dict(backbone.blocks())
+    for name in names:
+        blocks[name].to(memory_format=torch.contiguous_format)
+        blocks[name].register_forward_pre_hook(_nchw_input)
+
+
 def prepare_members(strategy: torch.nn.Module, train: TrainConfig) -> None:
     """Channels-last weights for CNN members (students and EMA teachers alike, so the fused EMA update sees
-    matching layouts; the activations follow the weights) where oneDNN handles them (``channels_last_safe``),
-    and ``torch.compile`` of every backbone's ``forward_tokens`` and every head when ``train.compile`` is set.
-    Parameter names and checkpoints are unchanged by either."""
+    matching layouts; the activations follow the weights) where oneDNN handles them (``channels_last_safe``), except
+    the blocks ``small_wide_blocks`` finds at ``train.batch_size`` and the global crop, which keep NCHW weights and
+    turn their input to NCHW; and ``torch.compile`` of every backbone's ``forward_tokens`` and every head when
+    ``train.compile`` is set. Parameter names and checkpoints are unchanged by either."""
+    image_size = strategy.crop_sizes()[0]
     for member in strategy.members.values():
+        teacher = member.teacher.module if member.teacher is not None else {}
+        backbones = [member.student["backbone"]] + ([teacher["backbone"]] if "backbone" in teacher else [])
         if train.channels_last and member.kind == "cnn" and channels_last_safe(member):
             member.to(memory_format=torch.channels_last)
+            nchw = small_wide_blocks(backbones[0], train.batch_size, image_size, train.channels_last_min_positions)
+            for backbone in backbones:
+                run_blocks_nchw(backbone, nchw)
         if train.compile:
-            models = [member.student] + ([member.teacher.module] if member.teacher is not None else [])
-            for model in models:
+            for model in [member.student] + ([teacher] if teacher else []):
                 for name, module in model.items():
                     if name == "backbone":
                         module.forward_tokens = torch.compile(module.forward_tokens)
