@@ -151,3 +151,27 @@ def test_a_step_trains_the_same_model_with_either_kernel(tiny_cfg, tmp_path, met
         torch.testing.assert_close(results["onednn"][0][name], value, rtol=1e-4, atol=1e-5)
     for name, value in results["torch"][1].items():
         torch.testing.assert_close(results["onednn"][1][name], value, rtol=1e-3, atol=1e-4)
+
+
+def test_knn_evaluation_extracts_with_the_runs_kernel(tiny_cfg, tmp_path, monkeypatch):
+    """``evaluate_members`` computes the ViT's Linear layers with oneDNN exactly when the run's kernel is onednn, and
+    the k-NN features agree with torch's to fp32 rounding."""
+    import sslkd.eval.protocol as protocol
+
+    features, products = {}, []
+    original_apply, original_extract = OneDNNLinearFunction.apply, protocol.extract_features
+    monkeypatch.setattr(OneDNNLinearFunction, "apply", lambda *args: products.append(1) or original_apply(*args))
+
+    def keep(backbone, loader, device):
+        result = original_extract(backbone, loader, device)
+        features.setdefault(kernel, []).append(result[0])
+        return result
+
+    monkeypatch.setattr(protocol, "extract_features", keep)
+    for kernel in ("onednn", "torch"):
+        trainer = Trainer(tiny_cfg("mokd", [f"train.linear_kernel={kernel}", "train.device=cpu"]), tmp_path / kernel)
+        products.clear()
+        protocol.evaluate_members(trainer.strategy, trainer.cfg, trainer.device, only="vit")
+        assert bool(products) == (kernel == "onednn")
+    for ours, theirs in zip(features["onednn"], features["torch"], strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)

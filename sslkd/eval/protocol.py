@@ -12,6 +12,7 @@ from sslkd.data import build_dataset
 from sslkd.data.transforms import EvalTransform
 from sslkd.core import distributed as dist
 from sslkd.core.rundir import RunDir
+from sslkd.engine.performance import forward_context, linear_kernel
 from sslkd.errors import UserError
 from sslkd.eval.features import extract_features
 from sslkd.eval.knn import dogo_knn_mean, knn_topk_accuracy
@@ -48,17 +49,22 @@ def knn_results(train_feats, train_labels, test_feats, test_labels, cfg: Config,
 
 @torch.no_grad()
 def evaluate_members(strategy, cfg: Config, device: torch.device, only: str | None = None) -> dict:
-    """k-NN top-1 (k=20, T=0.07, plus the other k of ``eval.knn_k`` and DoGo's mean over k in {1,2,4,8})."""
+    """k-NN top-1 (k=20, T=0.07, plus the other k of ``eval.knn_k`` and DoGo's mean over k in {1,2,4,8}).
+
+    Features are extracted in fp32 with the run's Linear-layer kernel (``train.linear_kernel``: on a CPU, oneDNN
+    unless the run chose torch's), as training ran its forward passes."""
     if not dist.is_main_process():
         return {}
     train_loader, test_loader = eval_loaders(cfg)
     strategy.eval()
     results = {}
+    kernel = linear_kernel(cfg.train, torch.device(device), None)
     for name, backbone in strategy.eval_backbones().items():
         if only is not None and name != only:
             continue
-        train_feats, train_labels = extract_features(backbone, train_loader, device)
-        test_feats, test_labels = extract_features(backbone, test_loader, device)
+        with forward_context(torch.device(device), None, kernel):
+            train_feats, train_labels = extract_features(backbone, train_loader, device)
+            test_feats, test_labels = extract_features(backbone, test_loader, device)
         results[name] = knn_results(train_feats, train_labels, test_feats, test_labels, cfg, strategy.info.num_classes)
         results[name]["protocol"] = {
             "knn_k": 20,
