@@ -61,3 +61,13 @@ def test_knn_on_cuda_features_matches_the_cpu_reference():
     want = knn_predict_torch(train, labels, test, ks=(20,), num_classes=10)[20]
     got = knn_predict(train.cuda(), labels.cuda(), test.cuda(), ks=(20,), num_classes=10)[20]
     assert (got.cpu() == want).float().mean() > 0.99
+
+
+def test_cnn_stays_channels_last_on_cuda(tiny_cfg, tmp_path):
+    """The NCHW small-wide-block rule was measured with oneDNN: on a GPU a wide CNN is channels-last throughout."""
+    from sslkd.engine.trainer import Trainer
+
+    trainer = Trainer(tiny_cfg("dino", ["train.device=cuda", "train.batch_size=4",
+                                        "members.cnn.backbone_args={widths: [8, 16, 256]}"]), tmp_path)
+    backbone = trainer.strategy.members["cnn"].student["backbone"]
+    assert all(block.conv1.weight.is_contiguous(memory_format=torch.channels_last) for _, block in backbone.blocks())

@@ -191,19 +191,20 @@ def run_blocks_nchw(backbone: torch.nn.Module, names: list[str]) -> None:
 
 def prepare_members(strategy: torch.nn.Module, train: TrainConfig) -> None:
     """Channels-last weights for CNN members (students and EMA teachers alike, so the fused EMA update sees
-    matching layouts; the activations follow the weights) where oneDNN handles them (``channels_last_safe``), except
-    the blocks ``small_wide_blocks`` finds at ``train.batch_size`` and the global crop, which keep NCHW weights and
-    turn their input to NCHW; and ``torch.compile`` of every backbone's ``forward_tokens`` and every head when
-    ``train.compile`` is set. Parameter names and checkpoints are unchanged by either."""
+    matching layouts; the activations follow the weights) where oneDNN handles them (``channels_last_safe``), except,
+    on a CPU, the blocks ``small_wide_blocks`` finds at ``train.batch_size`` and the global crop, which keep NCHW
+    weights and turn their input to NCHW; and ``torch.compile`` of every backbone's ``forward_tokens`` and every
+    head when ``train.compile`` is set. Parameter names and checkpoints are unchanged by either."""
     image_size = strategy.crop_sizes()[0]
     for member in strategy.members.values():
         teacher = member.teacher.module if member.teacher is not None else {}
         backbones = [member.student["backbone"]] + ([teacher["backbone"]] if "backbone" in teacher else [])
         if train.channels_last and member.kind == "cnn" and channels_last_safe(member):
             member.to(memory_format=torch.channels_last)
-            nchw = small_wide_blocks(backbones[0], train.batch_size, image_size, train.channels_last_min_positions)
-            for backbone in backbones:
-                run_blocks_nchw(backbone, nchw)
+            if next(member.parameters()).device.type == "cpu":  # measured with oneDNN; cuDNN keeps channels-last
+                nchw = small_wide_blocks(backbones[0], train.batch_size, image_size, train.channels_last_min_positions)
+                for backbone in backbones:
+                    run_blocks_nchw(backbone, nchw)
         if train.compile:
             for model in [member.student] + ([teacher] if teacher else []):
                 for name, module in model.items():
