@@ -399,7 +399,7 @@ def test_lmcl_meta_hypergradient_reaches_the_weight_network_under_the_onednn_lin
     differentiates through the Linear layers' gradients, so the oneDNN function must keep them differentiable
     (tests/test_onednn_linear.py checks its second derivatives' values; this look-ahead amplifies fp32 rounding
     too much to compare its values across kernels: a 1e-6 nudge of the weights moves them as much)."""
-    from sslkd.engine.performance import OneDNNLinears
+    from sslkd.models.kernels import OneDNNLinears
 
     strategy = meta_cohort().float()
     with OneDNNLinears():

@@ -10,7 +10,7 @@ from conftest import step_past_warmup
 from torch.utils.flop_counter import FlopCounterMode
 
 from sslkd.config import TrainConfig
-from sslkd.engine.performance import OneDNNLinearFunction, OneDNNLinears, linear_kernel, onednn_linear
+from sslkd.models.kernels import OneDNNLinearFunction, OneDNNLinears, linear_kernel, onednn_linear
 from sslkd.engine.trainer import Trainer
 from sslkd.errors import UserError
 

@@ -13,7 +13,8 @@ from sslkd.data.transforms import (
     ViewAugment,
     blur_kernel_size,
 )
-from sslkd.engine.performance import autocast_dtype, channels_last_safe, prepare_members, small_wide_blocks
+from sslkd.engine.performance import channels_last_safe, prepare_members, small_wide_blocks
+from sslkd.models.kernels import autocast_dtype
 from sslkd.engine.trainer import Trainer
 from sslkd.errors import UserError
 

@@ -15,7 +15,7 @@ results/benchmarks_official.md can say whether any is worth adopting:
 - ``channels_last``: the model and its input in channels-last memory layout.
 - ``compile``: ``torch.compile`` (inductor) of the model.
 - ``onednn_linear``: the Linear layers' products (forward and backward) through oneDNN instead of torch's CPU path
-  (MKL), as ``train.linear_kernel=auto`` runs them on a CPU (``sslkd.engine.performance.OneDNNLinears``).
+  (MKL), as ``train.linear_kernel=auto`` runs them on a CPU (``sslkd.models.kernels.OneDNNLinears``).
 - ``members_in_threads``: two models (the two members of DoGo or MOKD), each fed two views of ``--batch`` images;
   the baseline steps them one after the other with ``--threads`` threads, the variant steps each in its own Python
   thread with ``--threads / 2`` threads (the members' graphs are disjoint, so the work is the same).
@@ -47,8 +47,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sslkd.config import TrainConfig  # noqa: E402
-from sslkd.engine.performance import OneDNNLinears, run_blocks_nchw, small_wide_blocks  # noqa: E402
+from sslkd.engine.performance import run_blocks_nchw, small_wide_blocks  # noqa: E402
 from sslkd.models.backbones import build_backbone  # noqa: E402
+from sslkd.models.kernels import OneDNNLinears  # noqa: E402
 
 OPTIONS = ("channels_last", "compile", "onednn_linear", "members_in_threads", "views_in_one_pass", "small_blocks_nchw")
 

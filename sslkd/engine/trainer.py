@@ -45,12 +45,13 @@ from sslkd.engine.optim import (
     member_optimizers,
     resolve_member_optimizers,
 )
-from sslkd.engine.performance import autocast_dtype, forward_context, linear_kernel, prepare_members
+from sslkd.engine.performance import prepare_members
 from sslkd.core.rundir import RunDir
 from sslkd.core.schedules import cosine, warmup_cosine
 from sslkd.errors import UserError
 from sslkd.eval.classify import add_test_accuracy
 from sslkd.eval.protocol import evaluate_members
+from sslkd.models.kernels import autocast_dtype, forward_context, linear_kernel
 from sslkd.registry import STRATEGIES
 from sslkd.report.provenance import run_provenance
 from sslkd.strategies.base import StepInfo, Strategy

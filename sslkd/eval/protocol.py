@@ -12,10 +12,10 @@ from sslkd.data import build_dataset
 from sslkd.data.transforms import EvalTransform
 from sslkd.core import distributed as dist
 from sslkd.core.rundir import RunDir
-from sslkd.engine.performance import forward_context, linear_kernel
 from sslkd.errors import UserError
 from sslkd.eval.features import extract_features
 from sslkd.eval.knn import dogo_knn_mean, knn_topk_accuracy
+from sslkd.models.kernels import forward_context, linear_kernel
 
 ENCODERS = typing.get_args(typing.get_type_hints(EvalConfig)["encoder"])
 FEATURE_SOURCE = ("the backbone of the evaluated encoder (protocol 'encoder': the EMA teacher or the student, "
