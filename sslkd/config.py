@@ -102,9 +102,9 @@ class TrainConfig:
     of the Linear layers (training and the k-NN evaluation's feature extraction): ``auto`` is oneDNN on a CPU in
     fp32 without ``compile`` (faster than torch's MKL call on non-Intel CPUs) and torch's own path elsewhere;
     ``torch`` keeps torch's path. ``channels_last`` stores CNN members' weights (and so their activations)
-    channels-last, except, on a CPU, in blocks with k x k convolutions of 256 or more channels whose output has
-    fewer than ``channels_last_min_positions`` positions (batch x height x width at the global crop), which run
-    faster in NCHW (0: channels-last everywhere). ``compile`` wraps every backbone in ``torch.compile``.
+    channels-last, except, on a CPU, in blocks with dense k x k convolutions of 256 or more channels whose output
+    has fewer than ``channels_last_min_positions`` positions (``batch_size`` x height x width at the global crop),
+    which run faster in NCHW (0: channels-last everywhere). ``compile`` wraps every backbone in ``torch.compile``.
     """
 
     epochs: int = 100

@@ -7,7 +7,7 @@ import torch
 from sslkd.config import OptimConfig
 from sslkd.data.sampling import EpochSampler, SeededViews
 from sslkd.core.checkpoint import atomic_write
-from sslkd.engine.optim import LARS, clip_per_parameter, param_groups, resolve_optim
+from sslkd.engine.optim import LARS, clip_per_parameter, load_optimizer_state, param_groups, resolve_optim
 from sslkd.core.schedules import (
     cosine,
     ema_momentum,
@@ -73,6 +73,37 @@ class Images(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return torch.full((3, 8, 8), float(i)), i % 2, i
+
+
+@pytest.mark.parametrize("saved_layout, param_layout", [(torch.channels_last, torch.contiguous_format),
+                                                        (torch.contiguous_format, torch.channels_last)])
+def test_optimizer_state_saved_in_another_layout_resumes_exactly(saved_layout, param_layout):
+    """Fused AdamW reads a parameter and its moments as flat memory: moments saved where the parameter had another
+    layout (an older version, another device or channels-last setting) are put in the parameter's layout on load,
+    so the next step is the step of a run that never changed layout."""
+    generator = torch.Generator().manual_seed(0)
+    weight, grads = torch.randn(8, 6, 3, 3, generator=generator), torch.randn(3, 8, 6, 3, 3, generator=generator)
+
+    def run(first_layout, second_layout, reload):
+        param = torch.nn.Parameter(weight.clone().contiguous(memory_format=first_layout))
+        optimizer = torch.optim.AdamW([param], lr=0.1, fused=True)
+        for grad in grads[:2]:
+            param.grad = grad.contiguous(memory_format=first_layout)
+            optimizer.step()
+        state = optimizer.state_dict()
+        param.data = param.data.contiguous(memory_format=second_layout)
+        optimizer = torch.optim.AdamW([param], lr=0.1, fused=True)
+        reload(optimizer, state)
+        param.grad = grads[2].contiguous(memory_format=second_layout)
+        optimizer.step()
+        return param.detach().contiguous(), optimizer.state[param]["exp_avg"]
+
+    expected, _ = run(param_layout, param_layout, torch.optim.AdamW.load_state_dict)
+    resumed, moment = run(saved_layout, param_layout, load_optimizer_state)
+    assert moment.is_contiguous(memory_format=param_layout)
+    torch.testing.assert_close(resumed, expected, rtol=1e-6, atol=1e-7)
+    unaligned, _ = run(saved_layout, param_layout, torch.optim.AdamW.load_state_dict)
+    assert not torch.allclose(unaligned, expected)  # what the realignment prevents
 
 
 def test_views_depend_only_on_seed_epoch_and_index():

@@ -10,7 +10,8 @@ from conftest import step_past_warmup
 from torch.utils.flop_counter import FlopCounterMode
 
 from sslkd.config import TrainConfig
-from sslkd.models.kernels import OneDNNLinearFunction, OneDNNLinears, linear_kernel, onednn_linear
+from sslkd.models.kernels import (OneDNNLinearFunction, OneDNNLinears, evaluation_kernel, linear_kernel,
+                                  onednn_linear)
 from sslkd.engine.trainer import Trainer
 from sslkd.errors import UserError
 
@@ -132,6 +133,10 @@ def test_kernel_choice():
                           (TrainConfig(linear_kernel="onednn", compile=True), cpu)):
         with pytest.raises(UserError, match="linear_kernel=onednn runs fp32 products on a CPU"):
             linear_kernel(train, device, None)
+        assert evaluation_kernel(train, device) == "torch"  # evaluating such a run elsewhere is no error
+    assert evaluation_kernel(TrainConfig(linear_kernel="onednn"), cpu) == "onednn"
+    assert evaluation_kernel(TrainConfig(), cpu) == "onednn"
+    assert evaluation_kernel(TrainConfig(linear_kernel="torch"), cpu) == "torch"
 
 
 @pytest.mark.parametrize("method", ["dino", "mokd"])

@@ -131,6 +131,8 @@ def test_small_wide_blocks_are_the_last_stage_of_a_small_batch():
     assert all(torch.equal(backbone.state_dict()[k], v) for k, v in statistics.items())
     narrow = build_backbone("cifar_resnet20")
     assert small_wide_blocks(narrow, 1, 8, 10**9) == []
+    depthwise = build_backbone("efficientnet_b0")  # 1152-wide depthwise convolutions: not dense, never picked
+    assert small_wide_blocks(depthwise, 1, 32, 10**9) == []
 
 
 def test_small_wide_blocks_run_nchw_and_compute_the_same_step(tiny_cfg, tmp_path):
@@ -147,11 +149,14 @@ def test_small_wide_blocks_run_nchw_and_compute_the_same_step(tiny_cfg, tmp_path
                 weight = block.conv1.weight
                 nchw = name == "nchw" or (name == "mixed" and block_name.startswith("stages.2"))
                 assert weight.is_contiguous(memory_format=torch.channels_last) is not nchw, (name, block_name)
-        seen = []
-        block = dict(member.student["backbone"].blocks())["stages.2.0"]
-        block.register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous()), prepend=False)
+        seen = {"student": [], "teacher": []}
+        backbones = {"student": member.student["backbone"], "teacher": member.teacher.module["backbone"]}
+        for model, backbone in backbones.items():
+            dict(backbone.blocks())["stages.2.0"].register_forward_pre_hook(
+                lambda module, args, model=model: seen[model].append(args[0].is_contiguous()))
         losses = step_past_warmup(trainer)
-        assert seen and all(seen) is (name != "channels_last"), (name, seen)
+        for model, inputs in seen.items():
+            assert inputs and all(inputs) is (name != "channels_last"), (name, model, inputs)
         results[name] = (losses["loss"].detach(), _weights(member))
     for name in ("channels_last", "nchw"):
         torch.testing.assert_close(results["mixed"][0], results[name][0], rtol=1e-4, atol=1e-5)

@@ -131,6 +131,18 @@ def build_optimizer(named_params: Iterable[tuple[str, nn.Parameter]], cfg: Optim
 
 
 @torch.no_grad()
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """``optimizer.load_state_dict(state)``, then every per-parameter state tensor (moments, momentum buffers) in its
+    parameter's memory layout: ``torch.save`` keeps a tensor's strides, and a checkpoint made where the parameter had
+    another layout (channels-last or not: another version, device or ``train.channels_last`` setting) would leave
+    fused AdamW, which reads parameter and state as flat memory, updating the wrong elements."""
+    optimizer.load_state_dict(state)
+    for param, param_state in optimizer.state.items():
+        for key, value in param_state.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                param_state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 def clip_per_parameter(params: list[torch.Tensor], max_norm: float) -> None:
     """DINO's clipping: each parameter's gradient norm is clipped to ``max_norm`` on its own (fused ops).
 

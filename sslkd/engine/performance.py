@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from sslkd.config import TrainConfig
+from sslkd.models.backbones import probing
 
 
 def channels_last_safe(module: torch.nn.Module) -> bool:
@@ -22,18 +23,20 @@ WIDE_CONV_CHANNELS = 256  # a block whose k x k convolutions are this wide may r
 
 def small_wide_blocks(backbone: torch.nn.Module, batch: int, image_size: int, min_positions: int) -> list[str]:
     """Blocks of a CNN backbone that train faster in the default (NCHW) layout than channels-last: those whose
-    k x k convolutions (k > 1) have at least ``WIDE_CONV_CHANNELS`` output channels and whose output has fewer than
-    ``min_positions`` positions in a pass of ``batch`` images at ``image_size`` (batch x height x width).
+    dense k x k convolutions (k > 1, one group) have at least ``WIDE_CONV_CHANNELS`` output channels and whose
+    output has fewer than ``min_positions`` positions for ``batch`` images of ``image_size`` (batch x height x
+    width; ``prepare_members`` gives ``train.batch_size``, though a strategy that stacks views runs more per pass).
 
     For such blocks oneDNN's channels-last backward is the slow part (it also reorders each weight gradient out of
     oneDNN's layout), while larger maps run faster channels-last: a ResNet-18 step at 32 px, batch 16, whose last
     stage runs NCHW is 1.05x faster on this project's AVX-512 EPYC (``python tools/bench_kernel_options.py
-    resnet18 --small-image-stem --size 32 --batch 16 --option small_blocks_nchw``). The output sizes come from one
-    probe pass of a single image, without gradients and with batch norm in evaluation mode (no statistics change)."""
+    resnet18 --small-image-stem --size 32 --batch 16 --option small_blocks_nchw``). Depthwise and grouped
+    convolutions are left out: with them EfficientNet-B0's step was slower (0.86-0.88x, by hand). The output sizes
+    come from one probe pass of a single image (``probing``: no batch-norm statistics change)."""
     blocks = dict(backbone.blocks())
     wide = {name for name, block in blocks.items()
             if max((m.out_channels for m in block.modules() if isinstance(m, torch.nn.Conv2d)
-                    and max(m.kernel_size) > 1), default=0) >= WIDE_CONV_CHANNELS}
+                    and max(m.kernel_size) > 1 and m.groups == 1), default=0) >= WIDE_CONV_CHANNELS}
     if not wide or min_positions <= 0:
         return []
     positions: dict[str, int] = {}
@@ -44,18 +47,14 @@ def small_wide_blocks(backbone: torch.nn.Module, batch: int, image_size: int, mi
         return hook
 
     hooks = [blocks[name].register_forward_hook(record(name)) for name in wide]
-    first_conv = next(m for m in backbone.modules() if isinstance(m, torch.nn.Conv2d))
-    probe = torch.zeros(1, first_conv.in_channels, image_size, image_size, device=first_conv.weight.device)
-    training = backbone.training
+    device = next(backbone.parameters()).device
     try:
-        backbone.eval()
-        with torch.no_grad():
-            backbone(probe)
+        with probing(backbone):
+            backbone(torch.zeros(1, 3, image_size, image_size, device=device))
     finally:
-        backbone.train(training)
         for hook in hooks:
             hook.remove()
-    return [name for name in blocks if name in wide and positions[name] < min_positions]
+    return [name for name in blocks if positions.get(name, min_positions) < min_positions]
 
 
 def _nchw_input(module: torch.nn.Module, args: tuple) -> tuple:

@@ -42,6 +42,7 @@ from sslkd.engine.optim import (
     MemberOptimizer,
     check_every_parameter_optimised,
     clip_per_parameter,
+    load_optimizer_state,
     member_optimizers,
     resolve_member_optimizers,
 )
@@ -479,7 +480,7 @@ class Trainer:
         try:
             self.strategy.load_state_dict(state["strategy"])
             for key, part in self.optimizers.items():
-                part.optimizer.load_state_dict(state["optimizers"][key])
+                load_optimizer_state(part.optimizer, state["optimizers"][key])
         except (KeyError, RuntimeError, ValueError) as exc:
             raise UserError(
                 f"checkpoint in {self.run_dir} does not match its config.yaml ({type(exc).__name__}); "

@@ -15,7 +15,7 @@ from sslkd.core.rundir import RunDir
 from sslkd.errors import UserError
 from sslkd.eval.features import extract_features
 from sslkd.eval.knn import dogo_knn_mean, knn_topk_accuracy
-from sslkd.models.kernels import forward_context, linear_kernel
+from sslkd.models.kernels import evaluation_kernel, forward_context
 
 ENCODERS = typing.get_args(typing.get_type_hints(EvalConfig)["encoder"])
 FEATURE_SOURCE = ("the backbone of the evaluated encoder (protocol 'encoder': the EMA teacher or the student, "
@@ -51,14 +51,14 @@ def knn_results(train_feats, train_labels, test_feats, test_labels, cfg: Config,
 def evaluate_members(strategy, cfg: Config, device: torch.device, only: str | None = None) -> dict:
     """k-NN top-1 (k=20, T=0.07, plus the other k of ``eval.knn_k`` and DoGo's mean over k in {1,2,4,8}).
 
-    Features are extracted in fp32 with the run's Linear-layer kernel (``train.linear_kernel``: on a CPU, oneDNN
-    unless the run chose torch's), as training ran its forward passes."""
+    Features are extracted in fp32, the Linear layers' products by oneDNN on a CPU unless the run chose torch's
+    (``evaluation_kernel``)."""
     if not dist.is_main_process():
         return {}
     train_loader, test_loader = eval_loaders(cfg)
     strategy.eval()
     results = {}
-    kernel = linear_kernel(cfg.train, torch.device(device), None)
+    kernel = evaluation_kernel(cfg.train, torch.device(device))
     for name, backbone in strategy.eval_backbones().items():
         if only is not None and name != only:
             continue

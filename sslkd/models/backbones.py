@@ -107,6 +107,19 @@ def computes_each_image_alone(network: nn.Module) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def probing(backbone: nn.Module) -> Iterator[None]:
+    """The mode of a probe pass that reads shapes off a backbone: evaluation (batch norm uses its running
+    statistics and leaves them unchanged) and no gradients; the training mode is restored after."""
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        backbone.train(was_training)
+
+
 def _spatial_mean(feat: torch.Tensor, channels_last_layout: bool) -> torch.Tensor:
     return feat.mean((1, 2)) if channels_last_layout else feat.mean((-2, -1))
 

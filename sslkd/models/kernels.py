@@ -37,12 +37,22 @@ def linear_kernel(train: TrainConfig, device: torch.device, dtype: torch.dtype |
     ``train.compile`` (inductor lowers the products itself and cannot take them as a custom autograd function).
     """
     choice = train.linear_kernel
-    usable = (device.type == "cpu" and dtype is None and not train.compile
-              and torch.backends.mkldnn.is_available())
-    if choice == "onednn" and not usable:
+    if choice == "onednn" and not _onednn_usable(train, device, dtype):
         raise UserError("train.linear_kernel=onednn runs fp32 products on a CPU with oneDNN (torch built with "
                         "mkldnn, train.compile=false); set train.linear_kernel=auto")
-    return "onednn" if choice == "onednn" or (choice == "auto" and usable) else "torch"
+    return evaluation_kernel(train, device) if dtype is None else "torch"
+
+
+def evaluation_kernel(train: TrainConfig, device: torch.device) -> str:
+    """The kernel of fp32 feature extraction (k-NN): oneDNN where it can run on ``device`` unless the run chose
+    torch's; never an error, so a checkpoint trained with oneDNN is evaluated on a GPU with torch's path."""
+    usable = _onednn_usable(train, device, None)
+    return "onednn" if usable and train.linear_kernel != "torch" else "torch"
+
+
+def _onednn_usable(train: TrainConfig, device: torch.device, dtype: torch.dtype | None) -> bool:
+    return (device.type == "cpu" and dtype is None and not train.compile
+            and torch.backends.mkldnn.is_available())
 
 
 class OneDNNLinearFunction(torch.autograd.Function):

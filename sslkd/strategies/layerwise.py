@@ -29,6 +29,7 @@ from torch import nn
 from sslkd.core.schedules import cosine
 from sslkd.errors import UserError
 from sslkd.losses.sdssl import PairLoss, isd_loss
+from sslkd.models.backbones import probing
 
 
 @dataclass
@@ -81,12 +82,8 @@ def layer_dims(backbone: nn.Module, names: list[str], size: int) -> dict[str, in
     """Feature width of each named block (ResNet stages differ), from one pass in eval mode (BN stats untouched)."""
     if not names:
         return {}
-    was_training = backbone.training
-    backbone.eval()
-    try:
+    with probing(backbone):
         pooled = backbone.forward_intermediates(torch.zeros(1, 3, size, size), names)
-    finally:
-        backbone.train(was_training)
     return {name: feat.shape[1] for name, feat in pooled.items()}
 
 

@@ -52,6 +52,7 @@ from torch import nn
 
 from sslkd.errors import UserError
 from sslkd.losses.dino import dino_loss, feature_search_loss
+from sslkd.models.backbones import probing
 from sslkd.models.heads import THead
 from sslkd.registry import STRATEGIES
 from sslkd.strategies.base import Centers, Member, Strategy, group_by_resolution
@@ -77,11 +78,8 @@ LOSS_TERMS = ("sm", "st", "cm", "ct")
 
 def token_grid(backbone: nn.Module, size: int) -> tuple[int, int]:
     """The last-stage token grid of ``backbone`` for a square input of ``size`` pixels."""
-    was_training = backbone.training
-    backbone.eval()
-    with torch.no_grad():
+    with probing(backbone):
         _, _, grid = backbone.forward_tokens(torch.zeros(1, 3, size, size))
-    backbone.train(was_training)
     return tuple(grid)
 
 
