@@ -100,7 +100,7 @@ def memory_contrast(anchors: torch.Tensor, positives: torch.Tensor, negatives: t
     anchors = loss_precision(anchors)
     positive = (anchors * loss_precision(positives)).sum(dim=-1, keepdim=True)
     if negatives.ndim == 2:
-        negative = anchors @ loss_precision(negatives).T
+        negative = F.linear(anchors, loss_precision(negatives))  # anchors @ negatives.T, as a Linear layer's product
     else:
         negative = torch.einsum("bd,bkd->bk", anchors, loss_precision(negatives))
     logits = torch.cat([positive, negative], dim=1) / temperature

@@ -41,7 +41,7 @@ from torch import nn
 
 from sslkd.core.distributed import all_gather_no_grad
 from sslkd.data.transforms import SimCLRTransform
-from sslkd.losses.mcl import ContrastiveLogits, contrastive_ce, dictionary_contrastive_logits, memory_contrast
+from sslkd.losses.mcl import ContrastiveLogits, dictionary_contrastive_logits
 from sslkd.losses.precision import loss_precision
 from sslkd.models.memory import FeatureQueue
 from sslkd.models.teacher import EMATeacher
@@ -90,9 +90,14 @@ def moco_v2_views(strategy: Strategy, n_views: int = 2, blur: bool = True) -> Si
 
 
 def queue_info_nce(query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
-    """MoCo Eq. (1) averaged over the batch: each query's positive is its key, its negatives the queue's keys."""
-    logits, positive = memory_contrast(query, key, queue, temperature)
-    return contrastive_ce(logits, positive)
+    """MoCo Eq. (1) averaged over the batch: each query's positive is its key, its negatives the queue's keys; as the
+    MoCo code computes it, a cross-entropy over the logits [q.k, q.queue] / tau with the positive at index 0. The
+    queries are divided by tau before the products (the [B, 1 + K] logits are never divided or masked) and the queue
+    product is a Linear layer's (``F.linear``, so a CPU run computes it with the run's Linear kernel)."""
+    query = loss_precision(query) / temperature
+    positive = (query * loss_precision(key)).sum(dim=-1, keepdim=True)
+    logits = torch.cat([positive, F.linear(query, loss_precision(queue))], dim=1)
+    return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
 
 
 class MoCoV2Objective:
