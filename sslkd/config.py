@@ -99,7 +99,7 @@ class TrainConfig:
     Speed options (``sslkd bench`` measures them): ``precision`` is the autocast of the forward passes: ``auto``
     is fp16 AMP with loss scaling on a GPU when ``amp`` is true and fp32 otherwise; ``bf16`` autocasts to bfloat16
     on CPU or GPU (no scaling needed); ``fp16-amp`` needs a GPU. ``linear_kernel`` picks who runs the fp32 products
-    of the Linear layers (training and the k-NN evaluation's feature extraction): ``auto`` is oneDNN on a CPU in
+    of the Linear layers (training and the evaluations' feature extraction): ``auto`` is oneDNN on a CPU in
     fp32 without ``compile`` (faster than torch's MKL call on non-Intel CPUs) and torch's own path elsewhere;
     ``torch`` keeps torch's path. ``channels_last`` stores CNN members' weights (and so their activations)
     channels-last, except, on a CPU, in blocks with dense k x k convolutions of 256 or more channels whose output

@@ -15,7 +15,7 @@ from sslkd.errors import UserError
 from sslkd.eval.checkpoints import load_members
 from sslkd.eval.features import extract_features
 from sslkd.eval.knn import knn_predict
-from sslkd.eval.protocol import eval_loaders
+from sslkd.eval.protocol import eval_loaders, extraction_context
 
 KNN_K = 20
 
@@ -36,8 +36,9 @@ def _knn_predictions(path, member: str | None, data_name, data_root, device) -> 
     (name, backbone), = backbones.items()
     train_loader, test_loader = eval_loaders(cfg)
     backbone.to(device)
-    train_feats, train_labels = extract_features(backbone, train_loader, device)
-    test_feats, test_labels = extract_features(backbone, test_loader, device)
+    with extraction_context(cfg, device):
+        train_feats, train_labels = extract_features(backbone, train_loader, device)
+        test_feats, test_labels = extract_features(backbone, test_loader, device)
     preds = knn_predict(train_feats, train_labels, test_feats, (KNN_K,), strategy.info.num_classes,
                         cfg.eval.knn_temperature)[KNN_K]
     setting = {"dataset": cfg.data.name, "knn_temperature": cfg.eval.knn_temperature,

@@ -33,6 +33,13 @@ def eval_loaders(cfg: Config, image_size: int | None = None) -> tuple[DataLoader
     return loaders[0], loaders[1]
 
 
+def extraction_context(cfg: Config, device: str | torch.device):
+    """What frozen-backbone feature extraction runs under: fp32, the Linear layers' products by oneDNN on a CPU
+    unless the run chose torch's (``evaluation_kernel``; never an error on another device)."""
+    device = torch.device(device)
+    return forward_context(device, None, evaluation_kernel(cfg.train, device))
+
+
 def knn_results(train_feats, train_labels, test_feats, test_labels, cfg: Config, num_classes: int) -> dict:
     ks = sorted(set(cfg.eval.knn_k) | {20})
     accuracies = knn_topk_accuracy(
@@ -51,18 +58,16 @@ def knn_results(train_feats, train_labels, test_feats, test_labels, cfg: Config,
 def evaluate_members(strategy, cfg: Config, device: torch.device, only: str | None = None) -> dict:
     """k-NN top-1 (k=20, T=0.07, plus the other k of ``eval.knn_k`` and DoGo's mean over k in {1,2,4,8}).
 
-    Features are extracted in fp32, the Linear layers' products by oneDNN on a CPU unless the run chose torch's
-    (``evaluation_kernel``)."""
+    Features are extracted under ``extraction_context``."""
     if not dist.is_main_process():
         return {}
     train_loader, test_loader = eval_loaders(cfg)
     strategy.eval()
     results = {}
-    kernel = evaluation_kernel(cfg.train, torch.device(device))
     for name, backbone in strategy.eval_backbones().items():
         if only is not None and name != only:
             continue
-        with forward_context(torch.device(device), None, kernel):
+        with extraction_context(cfg, device):
             train_feats, train_labels = extract_features(backbone, train_loader, device)
             test_feats, test_labels = extract_features(backbone, test_loader, device)
         results[name] = knn_results(train_feats, train_labels, test_feats, test_labels, cfg, strategy.info.num_classes)

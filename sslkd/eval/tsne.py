@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, Subset
 
 from sslkd.eval.checkpoints import load_members
 from sslkd.eval.features import extract_features
-from sslkd.eval.protocol import eval_loaders
+from sslkd.eval.protocol import eval_loaders, extraction_context
 
 
 def tsne_embedding(features: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
@@ -52,7 +52,8 @@ def tsne_of_checkpoint(path, out_prefix: str, member: str | None = None, data_na
     loader = DataLoader(subset, batch_size=cfg.eval.batch_size, shuffle=False)
     results = {}
     for name, backbone in backbones.items():
-        feats, _ = extract_features(backbone.to(torch_device), _reindexed(loader), torch_device)
+        with extraction_context(cfg, torch_device):
+            feats, _ = extract_features(backbone.to(torch_device), _reindexed(loader), torch_device)
         labels = dataset.labels[chosen].numpy()
         embedding = tsne_embedding(feats.numpy(), seed)
         png = f"{out_prefix}_{name}.png"
