@@ -242,8 +242,6 @@ def test_recorded_evaluations_table_shows_ours_and_the_papers(tmp_path):
 def test_protocols_extract_features_under_the_extraction_context(run_dir, tmp_path, monkeypatch, protocol):
     """Consistency and t-SNE extract features as the k-NN protocol does (``extraction_context``: the run's Linear
     kernel on a CPU), with the checkpoint's config."""
-    import contextlib
-
     import sslkd.eval.consistency as consistency
     import sslkd.eval.tsne as tsne
     from sslkd.eval.protocol import extraction_context
@@ -256,9 +254,8 @@ def test_protocols_extract_features_under_the_extraction_context(run_dir, tmp_pa
 
     module = consistency if protocol == "consistency" else tsne
     monkeypatch.setattr(module, "extraction_context", spy)
-    with contextlib.redirect_stdout(None):
-        if protocol == "consistency":
-            consistency_of_checkpoints(run_dir, "cnn", run_dir / "checkpoints" / "last.pt", "cnn", device="cpu")
-        else:
-            tsne_of_checkpoint(run_dir, str(tmp_path / "tsne"), num_images=30, device="cpu")
+    if protocol == "consistency":
+        consistency_of_checkpoints(run_dir, "cnn", run_dir / "checkpoints" / "last.pt", "cnn", device="cpu")
+    else:
+        tsne_of_checkpoint(run_dir, str(tmp_path / "tsne"), num_images=30, device="cpu")
     assert entered and all(entry == ("dino", "cpu") for entry in entered)

@@ -36,18 +36,17 @@ def linear_kernel(train: TrainConfig, device: torch.device, dtype: torch.dtype |
     Reduced precision (autocast) keeps torch's path, which already hands bf16 products to oneDNN, and so does
     ``train.compile`` (inductor lowers the products itself and cannot take them as a custom autograd function).
     """
-    choice = train.linear_kernel
-    if choice == "onednn" and not _onednn_usable(train, device, dtype):
+    usable = _onednn_usable(train, device, dtype)
+    if train.linear_kernel == "onednn" and not usable:
         raise UserError("train.linear_kernel=onednn runs fp32 products on a CPU with oneDNN (torch built with "
                         "mkldnn, train.compile=false); set train.linear_kernel=auto")
-    return evaluation_kernel(train, device) if dtype is None else "torch"
+    return "onednn" if usable and train.linear_kernel != "torch" else "torch"
 
 
 def evaluation_kernel(train: TrainConfig, device: torch.device) -> str:
-    """The kernel of fp32 feature extraction (k-NN): oneDNN where it can run on ``device`` unless the run chose
-    torch's; never an error, so a checkpoint trained with oneDNN is evaluated on a GPU with torch's path."""
-    usable = _onednn_usable(train, device, None)
-    return "onednn" if usable and train.linear_kernel != "torch" else "torch"
+    """The kernel of fp32 feature extraction: ``linear_kernel``'s choice, except that where oneDNN cannot run it is
+    torch's instead of an error, so a checkpoint trained with oneDNN is evaluated on a GPU."""
+    return "onednn" if _onednn_usable(train, device, None) and train.linear_kernel != "torch" else "torch"
 
 
 def _onednn_usable(train: TrainConfig, device: torch.device, dtype: torch.dtype | None) -> bool:
